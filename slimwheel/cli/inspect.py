@@ -1,0 +1,189 @@
+"""``slimwheel inspect TARGET...``: what device code libraries carry, and what a slim removes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..inventory import LibraryScan, scan_library
+from ..report import Doc, inspect_document
+from ..sources import LibrarySource, find_libraries
+from .options import add_output_options, add_target_options, targets_from
+from .progress import byte_progress
+
+HELP = "show the CUDA device code in libraries, wheels, directories or installed distributions"
+
+
+def configure_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser("inspect", help=HELP, description=HELP + ".")
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="a library (.so), a wheel (.whl), a directory, or an installed distribution name",
+    )
+    add_target_options(p, required=False)
+    p.add_argument("--kernels", action="store_true", help="list kernels and variables per element")
+    p.add_argument(
+        "--elements", action="store_true", help="list every element (with --json: element_list)"
+    )
+    p.add_argument(
+        "--all", action="store_true", help="also list libraries that carry no device code"
+    )
+    add_output_options(p)
+    return p
+
+
+def execute(args: argparse.Namespace) -> int:
+    targets = targets_from(args)
+    sources: list[LibrarySource] = []
+    for t in args.targets:
+        sources.extend(find_libraries(t))
+    scans: list[LibraryScan] = []
+    with byte_progress(sum(s.size for s in sources), enabled=not args.quiet) as advance:
+        for src in sources:
+            with src.open() as path:
+                scan = scan_library(
+                    path,
+                    name=src.name,
+                    targets=targets,
+                    keep_ptx=args.keep_ptx,
+                    kernels=args.kernels,
+                )
+            advance(src.size, src.name)
+            scans.append(scan)
+    doc = inspect_document(
+        scans,
+        inputs=args.targets,
+        targets=targets,
+        keep_ptx=args.keep_ptx,
+        elements=args.elements or args.kernels,
+    )
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1, sort_keys=False)
+        sys.stdout.write("\n")
+    else:
+        render(doc, show_all=args.all)
+    return 0
+
+
+def human(n: int | float) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _breakdown(rows: list[Doc], key: str, limit: int = 12) -> str:
+    parts = [f"{r[key]} {human(r['bytes'])}" for r in rows[:limit]]
+    if len(rows) > limit:
+        parts.append(f"+{len(rows) - limit} more")
+    return ", ".join(parts)
+
+
+def render(doc: Doc, *, show_all: bool = False) -> None:
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    targets = doc["targets"]
+    libs = [lib for lib in doc["libraries"] if show_all or lib["regions"]]
+    table = Table(title="CUDA device code", title_justify="left", show_footer=True)
+    totals = doc["totals"]
+    table.add_column("library", footer=f"total ({totals['libraries']} libraries)")
+    table.add_column("file", justify="right", footer=human(totals["file_bytes"]))
+    table.add_column("device code", justify="right", footer=human(totals["device_code_bytes"]))
+    table.add_column(
+        "%", justify="right", footer=_pct(totals["device_code_bytes"], totals["file_bytes"])
+    )
+    table.add_column("regions", justify="right", footer=str(totals["regions"]))
+    table.add_column("elements", justify="right", footer=str(totals["elements"]))
+    table.add_column(
+        "uncompressed", justify="right", footer=human(totals["uncompressed_payload_bytes"])
+    )
+    if targets:
+        removable = totals["removable_bytes"] or 0
+        table.add_column(
+            f"removable ({','.join(targets)})", justify="right", footer=human(removable)
+        )
+        table.add_column("% of file", justify="right", footer=_pct(removable, totals["file_bytes"]))
+    for lib in libs:
+        row = [
+            lib["name"],
+            human(lib["file_bytes"]),
+            human(lib["device_code_bytes"]),
+            _pct(lib["device_code_bytes"], lib["file_bytes"]),
+            str(lib["regions"]),
+            str(lib["elements"]),
+            human(lib["uncompressed_payload_bytes"]),
+        ]
+        if targets:
+            rem = lib["removable"]["bytes"]
+            row += [human(rem), _pct(rem, lib["file_bytes"])]
+        table.add_row(*row)
+    console.print(table)
+    if not libs:
+        console.print("no CUDA device code found")
+        return
+    device_total = totals["device_code_bytes"]
+    if len(libs) > 3 and device_total:
+        top = libs[:3]
+        share = sum(lib["device_code_bytes"] for lib in top)
+        console.print(
+            f"The {len(top)} largest libraries hold {_pct(share, device_total)} of the device code."
+        )
+    for lib in libs:
+        if not lib["regions"]:
+            continue
+        console.print(
+            f"\n[bold]{lib['name']}[/bold]  {lib['machine']}"
+            f"  wrappers {lib['wrappers']}, unreferenced regions "
+            f"{lib['unreferenced_regions']}"
+        )
+        console.print(f"  by section:     {_breakdown(lib['by_section'], 'section')}", markup=False)
+        console.print(f"  by arch:        {_breakdown(lib['by_arch'], 'arch')}", markup=False)
+        console.print(f"  by kind:        {_breakdown(lib['by_kind'], 'kind')}", markup=False)
+        console.print(
+            f"  by compression: {_breakdown(lib['by_compression'], 'compression')}"
+            f" (stored {human(lib['stored_payload_bytes'])},"
+            f" uncompressed {human(lib['uncompressed_payload_bytes'])})",
+            markup=False,
+        )
+        for el in lib.get("element_list", ()):
+            _render_element(console, el)
+    if targets:
+        removable, size = totals["removable_bytes"] or 0, totals["file_bytes"]
+        console.print(
+            f"\nA slim for {', '.join(targets)} would remove {human(removable)} of "
+            f"{human(size)} ({_pct(removable, size)})."
+        )
+
+
+def _render_element(console: Console, el: Doc) -> None:
+    flags = []
+    if el["debug"]:
+        flags.append("debug")
+    if "keep" in el:
+        flags.append(("keep: " if el["keep"] else "remove: ") + el["reason"])
+    size = human(el["stored_bytes"])
+    if el["compression"] != "none":
+        size += f" {el['compression']} -> {human(el['uncompressed_bytes'])}"
+    line = (
+        f"    region {el['region']:>4} {el['section']:<14} @{el['offset']:#x}  "
+        f"{el['kind']:<4} {el['arch']:<12} {size}"
+    )
+    if flags:
+        line += "  [" + ", ".join(flags) + "]"
+    console.print(line, markup=False)
+    for k in el.get("kernels", ()):
+        console.print(f"        kernel   {k}", markup=False)
+    for v in el.get("variables", ()):
+        console.print(f"        {v['space']:<8} {v['name']} ({v['size']} B)", markup=False)

@@ -1,0 +1,113 @@
+"""Kernels and device variables of one fatbin element (a cubin or PTX).
+
+A cubin is an ELF with ``e_machine == EM_CUDA`` (190). A kernel (entry point)
+is an ``STT_FUNC`` symbol with ``st_other & STO_CUDA_ENTRY`` (0x10); a device
+variable is a defined ``STT_OBJECT`` symbol in a ``.nv.global*``,
+``.nv.constant<N>`` (N != 0: bank 0 holds kernel parameters) or
+``.nv.managed*`` section. PTX is read from its ``.entry`` and
+``.global``/``.const`` directives.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .elf import SHN_LORESERVE, SHN_UNDEF, SHT, STT, Buffer, ElfFile, EMachine
+from .errors import CubinError, ElfError, SlimwheelError
+from .fatbin import Element, ElementKind, payload
+
+STO_CUDA_ENTRY = 0x10
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceVariable:
+    name: str
+    space: str  # "global", "constant" or "managed"
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleSymbols:
+    """What a host program can reach in one element: kernels and variables."""
+
+    kernels: tuple[str, ...]
+    variables: tuple[DeviceVariable, ...]
+
+    @property
+    def has_managed(self) -> bool:
+        """Modules with managed variables are loaded eagerly by the runtime."""
+        return any(v.space == "managed" for v in self.variables)
+
+
+def _space(section_name: str) -> str | None:
+    if section_name.startswith(".nv.global"):
+        return "global"
+    if section_name.startswith(".nv.managed"):
+        return "managed"
+    if section_name.startswith(".nv.constant") and not section_name.startswith(".nv.constant0"):
+        return "constant"
+    return None
+
+
+def read_cubin(data: bytes, name: str = "<cubin>") -> ModuleSymbols:
+    """Kernels and device variables of a cubin image."""
+    try:
+        elf = ElfFile(data, name)
+        if elf.header.machine != EMachine.CUDA:
+            raise CubinError(f"not a CUDA cubin (e_machine {elf.header.machine})", path=name)
+        sections = elf.sections
+        kernels: list[str] = []
+        variables: list[DeviceVariable] = []
+        for symtab in sections:
+            if symtab.type != SHT.SYMTAB:
+                continue
+            for sym in elf.symbols(symtab):
+                if sym.type == STT.FUNC and sym.other & STO_CUDA_ENTRY:
+                    kernels.append(sym.name)
+                elif sym.type == STT.OBJECT and SHN_UNDEF < sym.shndx < SHN_LORESERVE:
+                    if sym.shndx >= len(sections):
+                        raise CubinError(f"symbol {sym.name} in missing section", path=name)
+                    space = _space(sections[sym.shndx].name)
+                    if space is not None:
+                        variables.append(DeviceVariable(sym.name, space, sym.size))
+    except ElfError as exc:
+        raise CubinError(exc.message, path=name) from None
+    return ModuleSymbols(tuple(sorted(set(kernels))), tuple(sorted(set(variables), key=_var_key)))
+
+
+def _var_key(v: DeviceVariable) -> tuple[str, str]:
+    return (v.name, v.space)
+
+
+_PTX_ENTRY = re.compile(rb"^\s*(?:\.(?:visible|weak)\s+)*\.entry\s+([A-Za-z_$%][\w$%.]*)", re.M)
+_PTX_VAR = re.compile(
+    rb"^\s*(?:\.(?:visible|weak|common)\s+)*\.(global|const)\s+"
+    rb"(?:\.(?:align|attribute)\s*(?:\d+|\([^)]*\))\s+)*(?:\.v\d\s+)?\.\w+\s+"
+    rb"([A-Za-z_$%][\w$%.]*)",
+    re.M,
+)
+
+
+def read_ptx(data: bytes) -> ModuleSymbols:
+    """Kernels and defined module-scope variables of a PTX text."""
+    kernels = sorted({m.group(1).decode() for m in _PTX_ENTRY.finditer(data)})
+    variables = {
+        DeviceVariable(m.group(2).decode(), "global" if m.group(1) == b"global" else "constant", 0)
+        for m in _PTX_VAR.finditer(data)
+    }
+    return ModuleSymbols(tuple(kernels), tuple(sorted(variables, key=_var_key)))
+
+
+def read_element(buf: Buffer, el: Element, *, name: str) -> ModuleSymbols | None:
+    """Symbols of an element; None for kinds without a symbol table (LTO-IR)."""
+    if el.kind not in (ElementKind.ELF, ElementKind.PTX):
+        return None
+    data = payload(buf, el, name=name)
+    label = f"{name}: element at {el.offset:#x} ({el.arch_name})"
+    if el.is_ptx:
+        return read_ptx(data)
+    try:
+        return read_cubin(data, label)
+    except SlimwheelError as exc:
+        raise CubinError(exc.message, path=label) from None

@@ -1,0 +1,77 @@
+"""The inventory of one library: its device code, and optionally its kernels and plan.
+
+This is the one place that opens a library, scans it and (on request)
+decompresses its elements; ``inspect`` and later ``slim`` build on it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .arch import Target
+from .cubin import ModuleSymbols, read_element
+from .elf import ElfFile, map_file, release
+from .errors import SlimwheelError
+from .fatbin import RELEASE_EVERY, FatbinLayout, scan
+from .plan import Plan, plan_layout
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryScan:
+    name: str  # as shown to the user (relative to the input it came from)
+    file_size: int
+    machine: str
+    soname: str | None
+    layout: FatbinLayout
+    symbols: Mapping[int, ModuleSymbols | None] | None  # element offset -> symbols
+    plan: Plan | None
+
+    @property
+    def device_bytes(self) -> int:
+        return sum(r.total_size for r in self.layout.regions)
+
+    @property
+    def element_count(self) -> int:
+        return sum(len(r.elements) for r in self.layout.regions)
+
+
+def scan_library(
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    targets: Sequence[Target] = (),
+    keep_ptx: bool = False,
+    kernels: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> LibraryScan:
+    """Scan one ELF library. Errors name ``name`` (or the path)."""
+    label = name or os.fspath(path)
+    try:
+        with map_file(path) as buf:
+            elf = ElfFile(buf, label)
+            layout = scan(elf)
+            symbols: dict[int, ModuleSymbols | None] | None = None
+            if kernels:
+                symbols = {}
+                swept = 0
+                for _region, el in layout.elements:
+                    symbols[el.offset] = read_element(buf, el, name=label)
+                    if progress:
+                        progress(el.size)
+                    if el.end - swept > RELEASE_EVERY:
+                        release(buf, swept, el.offset)
+                        swept = el.offset
+            plan = plan_layout(layout, targets, keep_ptx=keep_ptx) if targets else None
+            return LibraryScan(
+                name=label,
+                file_size=len(buf),
+                machine=elf.machine_name,
+                soname=elf.soname if elf.dynamic else None,
+                layout=layout,
+                symbols=symbols,
+                plan=plan,
+            )
+    except SlimwheelError as exc:
+        raise exc.with_path(label) from None

@@ -1,0 +1,140 @@
+"""What to keep of a library's device code, and why: a plan, decided once.
+
+The plan holds one :class:`Decision` per fatbin element. It is computed from
+the regions a reader found and the targets, never from the bytes being
+written, so ``inspect --arch``, ``slim --explain`` and a dry run all print
+the same plan that a rewrite applies.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .arch import Target, can_run, driver_choice, split_arch
+from .fatbin import Element, FatbinLayout, Region, Variant
+
+
+class Reason(enum.Enum):
+    LOADED = "loaded"  # the driver loads it on at least one target
+    KEEP_PTX = "keep-ptx"  # the best PTX, kept for forward compatibility
+    NOT_DRIVER_CODE = "not-driver-code"  # LTO-IR and unknown kinds: kept, consumer unknown
+    WRONG_ARCH = "wrong-arch"  # no target can run it
+    SUPERSEDED = "superseded"  # a target could run it, but the driver loads another element
+    PTX_NOT_NEEDED = "ptx-not-needed"  # PTX where every target gets a cubin
+
+    @property
+    def keeps(self) -> bool:
+        return self in (Reason.LOADED, Reason.KEEP_PTX, Reason.NOT_DRIVER_CODE)
+
+    @property
+    def text(self) -> str:
+        return _REASON_TEXT[self]
+
+
+_REASON_TEXT = {
+    Reason.LOADED: "loaded by the driver on",
+    Reason.KEEP_PTX: "best PTX, kept for newer GPUs (--keep-ptx)",
+    Reason.NOT_DRIVER_CODE: "not loaded by the driver (LTO-IR or unknown kind); kept",
+    Reason.WRONG_ARCH: "wrong arch: no target can run it",
+    Reason.SUPERSEDED: "superseded: the driver loads another element instead",
+    Reason.PTX_NOT_NEEDED: "PTX not needed: a cubin is loaded instead",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    element: Element
+    reason: Reason
+    targets: tuple[Target, ...] = ()  # where the element is loaded
+
+    @property
+    def keep(self) -> bool:
+        return self.reason.keeps
+
+
+@dataclass(frozen=True, slots=True)
+class RegionPlan:
+    region: Region
+    decisions: tuple[Decision, ...]
+
+    @property
+    def kept(self) -> list[Element]:
+        return [d.element for d in self.decisions if d.keep]
+
+    @property
+    def removed_bytes(self) -> int:
+        return sum(d.element.size for d in self.decisions if not d.keep)
+
+    @property
+    def serves(self) -> tuple[Target, ...]:
+        """Targets this region can serve once slimmed."""
+        return tuple(sorted({t for d in self.decisions if d.keep for t in d.targets}))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    targets: tuple[Target, ...]
+    keep_ptx: bool
+    regions: tuple[RegionPlan, ...]
+
+    @property
+    def decisions(self) -> Iterator[Decision]:
+        for rp in self.regions:
+            yield from rp.decisions
+
+    @property
+    def removed_bytes(self) -> int:
+        return sum(rp.removed_bytes for rp in self.regions)
+
+    @property
+    def removed_elements(self) -> int:
+        return sum(1 for d in self.decisions if not d.keep)
+
+    @property
+    def kept_elements(self) -> int:
+        return sum(1 for d in self.decisions if d.keep)
+
+
+def _best_forward_ptx(elements: Sequence[Element]) -> Element | None:
+    plain = [e for e in elements if e.is_ptx and e.variant is Variant.PLAIN]
+    return max(plain, key=lambda e: split_arch(e.arch), default=None)
+
+
+def plan_region(region: Region, targets: Sequence[Target], *, keep_ptx: bool = False) -> RegionPlan:
+    loaded: dict[int, list[Target]] = {}
+    for t in targets:
+        for e in driver_choice(region.elements, t):
+            loaded.setdefault(e.offset, []).append(t)
+    forward = _best_forward_ptx(region.elements) if keep_ptx else None
+    decisions = []
+    for e in region.elements:
+        where = tuple(loaded.get(e.offset, ()))
+        if where:
+            reason = Reason.LOADED
+        elif forward is not None and e.offset == forward.offset:
+            reason = Reason.KEEP_PTX
+        elif not (e.is_cubin or e.is_ptx):
+            reason = Reason.NOT_DRIVER_CODE
+        elif not any(can_run(e, t) for t in targets):
+            reason = Reason.WRONG_ARCH
+        elif e.is_ptx and all(
+            any(c.is_cubin for c in driver_choice(region.elements, t))
+            for t in targets
+            if can_run(e, t)
+        ):
+            reason = Reason.PTX_NOT_NEEDED
+        else:
+            reason = Reason.SUPERSEDED
+        decisions.append(Decision(e, reason, where))
+    return RegionPlan(region, tuple(decisions))
+
+
+def plan_layout(layout: FatbinLayout, targets: Sequence[Target], *, keep_ptx: bool = False) -> Plan:
+    """Decide, for every element of every region, whether it stays."""
+    return Plan(
+        tuple(targets),
+        keep_ptx,
+        tuple(plan_region(r, targets, keep_ptx=keep_ptx) for r in layout.regions),
+    )

@@ -1,0 +1,131 @@
+"""Where libraries come from: a file, a wheel, a directory, an installed distribution.
+
+:func:`find_libraries` turns what a user typed into a list of
+:class:`LibrarySource`; each gives a path on disk only while it is open (wheel
+members are streamed to a temporary file, one at a time).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from .elf import ELF_MAGIC, is_elf
+from .errors import InputError
+
+# Members of these kinds are never ELF libraries; skip opening them.
+_TEXT_SUFFIXES = (".py", ".pyi", ".pyc", ".txt", ".md", ".json", ".h", ".hpp", ".cuh", ".typed")
+
+
+@dataclass(frozen=True, slots=True)
+class LibrarySource:
+    name: str  # relative to the input: "torch/lib/libtorch_cuda.so"
+    origin: str  # the input it came from: a wheel, a directory, a distribution, a file
+    size: int
+    _path: str | None = None
+    _wheel: str | None = None
+
+    def open(self) -> AbstractContextManager[str]:
+        """A filesystem path holding the library, valid inside the ``with``."""
+        if self._wheel is None:
+            assert self._path is not None
+            return nullcontext(self._path)
+        return _extract_member(self._wheel, self.name)
+
+
+@contextmanager
+def _extract_member(wheel: str, member: str) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="slimwheel-") as tmp:
+        dest = os.path.join(tmp, "lib.so")
+        try:
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise InputError(f"cannot read member {member}: {exc}", path=wheel) from None
+        yield dest
+
+
+def _wheel_libraries(wheel: str) -> list[LibrarySource]:
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            out = []
+            for info in zf.infolist():
+                if info.is_dir() or info.file_size < 64 or info.filename.endswith(_TEXT_SUFFIXES):
+                    continue
+                with zf.open(info) as f:
+                    if f.read(4) != ELF_MAGIC:
+                        continue
+                out.append(LibrarySource(info.filename, wheel, info.file_size, _wheel=wheel))
+            return out
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(f"not a readable wheel ({exc})", path=wheel) from None
+
+
+def _is_library_file(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    # Symbolic links are followed to their target, which is listed on its own.
+    return stat.S_ISREG(st.st_mode) and st.st_size >= 64 and is_elf(path)
+
+
+def _directory_libraries(root: str) -> list[LibrarySource]:
+    out: list[LibrarySource] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            full = os.path.join(dirpath, fn)
+            rel = os.path.relpath(full, root)
+            if fn.endswith(".whl") and os.path.isfile(full) and not os.path.islink(full):
+                out.extend(
+                    LibrarySource(f"{fn}!{s.name}", s.origin, s.size, _wheel=s._wheel)
+                    for s in _wheel_libraries(full)
+                )
+            elif _is_library_file(full):
+                out.append(LibrarySource(rel, root, os.path.getsize(full), _path=full))
+    return out
+
+
+def _distribution_libraries(name: str) -> list[LibrarySource] | None:
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+    out: list[LibrarySource] = []
+    seen: set[str] = set()
+    for f in dist.files or ():
+        full = str(Path(str(dist.locate_file(f))).resolve())
+        if full in seen or str(f).endswith(_TEXT_SUFFIXES):
+            continue
+        seen.add(full)
+        if _is_library_file(full):
+            out.append(LibrarySource(str(f), name, os.path.getsize(full), _path=full))
+    return sorted(out, key=lambda s: s.name)
+
+
+def find_libraries(target: str) -> list[LibrarySource]:
+    """Every ELF library in ``target`` (a path, or an installed distribution's name)."""
+    if os.path.isdir(target):
+        return _directory_libraries(target)
+    if os.path.exists(target):
+        if not os.path.isfile(target):
+            raise InputError("not a regular file", path=target)
+        if zipfile.is_zipfile(target):
+            return _wheel_libraries(target)
+        if not is_elf(target):
+            raise InputError("not an ELF library, a wheel or a directory", path=target)
+        name = os.path.basename(target)
+        return [LibrarySource(name, target, os.path.getsize(target), _path=target)]
+    found = _distribution_libraries(target)
+    if found is None:
+        raise InputError("no such file, directory or installed distribution", path=target)
+    return found
