@@ -2,10 +2,10 @@
 
 A cubin is an ELF with ``e_machine == EM_CUDA`` (190). A kernel (entry point)
 is an ``STT_FUNC`` symbol with ``st_other & STO_CUDA_ENTRY`` (0x10); a device
-variable is a defined ``STT_OBJECT`` symbol in a ``.nv.global*``,
-``.nv.constant<N>`` (N != 0: bank 0 holds kernel parameters) or
-``.nv.managed*`` section. PTX is read from its ``.entry`` and
-``.global``/``.const`` directives.
+variable is a defined ``STT_OBJECT`` symbol in a ``.nv.global*`` or
+``.nv.constant<N>`` section (N != 0: bank 0 holds kernel parameters); a
+``__managed__`` one is in ``.nv.global`` with ``st_other & 0x4`` (nvcc 13.0).
+PTX is read from its ``.entry`` and ``.global``/``.const`` directives.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .errors import CubinError, ElfError, SlimwheelError
 from .fatbin import Element, ElementKind, payload
 
 STO_CUDA_ENTRY = 0x10
+STO_CUDA_MANAGED = 0x4  # st_other of a __managed__ variable (it lives in .nv.global)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,8 @@ def read_cubin(data: bytes, name: str = "<cubin>") -> ModuleSymbols:
                     if sym.shndx >= len(sections):
                         raise CubinError(f"symbol {sym.name} in missing section", path=name)
                     space = _space(sections[sym.shndx].name)
+                    if space == "global" and sym.other & STO_CUDA_MANAGED:
+                        space = "managed"
                     if space is not None:
                         variables.append(DeviceVariable(sym.name, space, sym.size))
     except ElfError as exc:

@@ -42,6 +42,8 @@ WRAPPER_SIZE = _WRAPPER.size  # 24
 
 #: Default cap on one element's decompressed size (the largest seen is ~40 MB).
 MAX_UNCOMPRESSED = 1 << 30
+#: An LZ4 block cannot expand more than ~255x; a larger claim is corrupt.
+LZ4_MAX_RATIO = 255
 
 #: Sections that hold nothing but fatbin regions (and zero padding).
 DEDICATED_SECTIONS = (".nv_fatbin", "__nv_relfatbin")
@@ -352,9 +354,12 @@ def _walk_dedicated(elf: ElfFile, sec: Section) -> list[Region]:
     """Walk header to header; payload pages are never touched."""
     buf, name = elf.buf, elf.name
     end = sec.offset + sec.size
-    pos = sec.offset + (-sec.addr % 8)
+    pos = swept = sec.offset + (-sec.addr % 8)
     regions: list[Region] = []
     while pos < end:
+        if pos - swept > RELEASE_EVERY:
+            release(buf, swept, pos)
+            swept = pos
         if _region_header(buf, pos, end) is not None:
             region = parse_region(
                 buf, pos, end, section=sec.name, vaddr=sec.addr + (pos - sec.offset), name=name
@@ -378,6 +383,7 @@ def _walk_dedicated(elf: ElfFile, sec: Section) -> list[Region]:
         if found >= 0 and (sec.addr + (found - sec.offset)) % 8:
             raise FatbinError(f"{sec.name}: misaligned fatbin header at {found:#x}", path=name)
         pos = nxt
+    release(buf, swept, end)
     return regions
 
 
@@ -490,16 +496,24 @@ def payload(buf: Buffer, el: Element, *, name: str, cap: int = MAX_UNCOMPRESSED)
     want = el.uncompressed_size
     if want > cap:
         raise FatbinError(f"{where}: claims {want} uncompressed bytes, over the cap", path=name)
+    if comp is Compression.LZ4 and want > LZ4_MAX_RATIO * el.compressed_size + 64:
+        raise FatbinError(
+            f"{where}: claims {want} bytes from {el.compressed_size} LZ4 bytes, "
+            "beyond what LZ4 can encode",
+            path=name,
+        )
     raw = bytes(buf[el.payload_offset : el.payload_offset + el.compressed_size])
     try:
         if comp is Compression.LZ4:
             out = lz4.block.decompress(raw, uncompressed_size=want)
         else:
+            # Read in bounded chunks: memory follows what the data really
+            # holds, not what the header claims.
             reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw))
             parts = []
             got = 0
             while got < want:
-                chunk = reader.read(want - got)
+                chunk = reader.read(min(want - got, 1 << 22))
                 if not chunk:
                     break
                 parts.append(chunk)

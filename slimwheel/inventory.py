@@ -41,13 +41,18 @@ def scan_library(
     path: str | os.PathLike[str],
     *,
     name: str | None = None,
+    where: str | None = None,
     targets: Sequence[Target] = (),
     keep_ptx: bool = False,
     kernels: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> LibraryScan:
-    """Scan one ELF library. Errors name ``name`` (or the path)."""
-    label = name or os.fspath(path)
+    """Scan one ELF library.
+
+    ``name`` is what reports call it; errors name ``where`` (else ``name``,
+    else the path): for a wheel member, the wheel and the member.
+    """
+    label = where or name or os.fspath(path)
     try:
         with map_file(path) as buf:
             elf = ElfFile(buf, label)
@@ -65,7 +70,7 @@ def scan_library(
                         swept = el.offset
             plan = plan_layout(layout, targets, keep_ptx=keep_ptx) if targets else None
             return LibraryScan(
-                name=label,
+                name=name or label,
                 file_size=len(buf),
                 machine=elf.machine_name,
                 soname=elf.soname if elf.dynamic else None,
@@ -74,4 +79,6 @@ def scan_library(
                 plan=plan,
             )
     except SlimwheelError as exc:
+        if exc.path == os.fspath(path):
+            exc.path = label  # a temporary copy: name what the user gave
         raise exc.with_path(label) from None

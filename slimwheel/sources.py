@@ -33,6 +33,14 @@ class LibrarySource:
     _path: str | None = None
     _wheel: str | None = None
 
+    @property
+    def where(self) -> str:
+        """How errors name this library: its path, or ``wheel:member``."""
+        if self._wheel is not None:
+            return f"{self._wheel}:{self.name}"
+        assert self._path is not None
+        return self._path
+
     def open(self) -> AbstractContextManager[str]:
         """A filesystem path holding the library, valid inside the ``with``."""
         if self._wheel is None:

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    # --traceback is accepted anywhere on the line, before or after the subcommand.
     traceback = "--traceback" in args_list
+    args_list = [a for a in args_list if a != "--traceback"]
     try:
         args = build_parser().parse_args(args_list)
         result: int = args.execute(args)

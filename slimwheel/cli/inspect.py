@@ -51,6 +51,7 @@ def execute(args: argparse.Namespace) -> int:
                 scan = scan_library(
                     path,
                     name=src.name,
+                    where=src.where,
                     targets=targets,
                     keep_ptx=args.keep_ptx,
                     kernels=args.kernels,

@@ -1,0 +1,84 @@
+"""Speed and memory of ``slimwheel inspect`` on libtorch_cuda.so, beside cuobjdump.
+
+    .venv/bin/python bench/bench_inspect.py [--lib PATH] [--skip-cuobjdump]
+
+Without --lib, libtorch_cuda.so is taken from the torch 2.14.1 wheel (pip
+download; the local index serves it). Each command runs in a child process;
+wall time and the child's peak RSS are reported. Targets (issue 2): without
+--kernels at most 3 s and 300 MB; with --kernels at most 15 s and 600 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.helpers import extract_member, find_cuobjdump, local_wheel
+
+
+def measure(cmd: list[str], cwd: str | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process."""
+    script = (
+        "import resource, subprocess, sys, time;"
+        "t = time.monotonic();"
+        "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode;"
+        "dt = time.monotonic() - t;"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024;"
+        "print(rc, dt, peak)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, *cmd], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout.split()
+    if out[0] != "0":
+        raise SystemExit(f"{cmd} failed with exit code {out[0]}")
+    return float(out[1]), float(out[2])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--lib", type=Path, help="library to inspect (default: libtorch_cuda.so)")
+    ap.add_argument("--skip-cuobjdump", action="store_true")
+    ap.add_argument("--arch", default="sm_90")
+    args = ap.parse_args()
+    lib = args.lib.resolve() if args.lib else None
+    if lib is None:
+        dest = Path(os.environ.get("SLIMWHEEL_TEST_CACHE", Path(".cache"))) / "libs"
+        dest.mkdir(parents=True, exist_ok=True)
+        lib = extract_member(local_wheel("torch==2.14.1"), "libtorch_cuda.so", dest)
+    lib = lib.resolve()
+    size_mb = lib.stat().st_size / 1e6
+    slim = [sys.executable, "-m", "slimwheel", "inspect", "-q", "--json", str(lib)]
+    # Warm the page cache so every command reads the same way.
+    with open(lib, "rb") as f:
+        while f.read(1 << 24):
+            pass
+    rows = []
+    t, rss = measure([*slim, "--arch", args.arch])
+    rows.append(("slimwheel inspect --arch " + args.arch, t, rss, "3 s / 300 MB"))
+    t, rss = measure([*slim, "--kernels"])
+    rows.append(("slimwheel inspect --kernels", t, rss, "15 s / 600 MB"))
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+        shutil.copyfile(lib, Path(tmp) / "copy.so")
+    rows.append(("cp (reference)", time.monotonic() - t0, 0.0, ""))
+    if not args.skip_cuobjdump:
+        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+            t, rss = measure([find_cuobjdump(), "-xelf", "all", str(lib)], cwd=tmp)
+            written = sum(p.stat().st_size for p in Path(tmp).iterdir())
+        rows.append((f"cuobjdump -xelf all (wrote {written / 1e9:.2f} GB)", t, rss, ""))
+    print(f"library: {lib} ({size_mb:.0f} MB), {os.cpu_count()} cores")
+    print(f"{'command':<48} {'wall s':>8} {'peak RSS MB':>12}  target")
+    for name, t, rss, target in rows:
+        print(f"{name:<48} {t:8.2f} {rss:12.0f}  {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Shared test helpers: the cuobjdump oracle and locating local wheels."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from slimwheel.fatbin import FatbinLayout
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("SLIMWHEEL_TEST_CACHE", REPO / ".cache"))
+
+
+def find_cuobjdump() -> str:
+    """cuobjdump from PATH, or from the nvidia-cuda-cuobjdump wheel."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    for entry in sys.path:
+        for sub in ("cu13", "cu12", "cuda_cuobjdump"):
+            cand = Path(entry) / "nvidia" / sub / "bin" / "cuobjdump"
+            if cand.is_file():
+                return str(cand)
+    raise RuntimeError("cuobjdump not found: pip install nvidia-cuda-cuobjdump")
+
+
+_LINE = re.compile(r"^(ELF|PTX) file\s+\d+: .*\.(sm_\d+[af]?)\.(?:cubin|ptx)$")
+
+
+def cuobjdump_listing(lib: Path, *, include_rel: bool = False) -> list[tuple[str, str]]:
+    """``cuobjdump -lelf -lptx`` as (kind, name) pairs, in its order."""
+    cmd = [find_cuobjdump(), "-lelf", "-lptx", str(lib)]
+    if include_rel:
+        cmd.insert(1, "-all")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = []
+    for line in proc.stdout.splitlines():
+        m = _LINE.match(line.strip())
+        if m:
+            out.append((m.group(1), m.group(2)))
+    return out
+
+
+def our_listing(layout: FatbinLayout, sections: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Our elements in cuobjdump's naming: ELF names show only an ``a`` suffix."""
+    out = []
+    for region in layout.regions:
+        if region.section not in sections:
+            continue
+        for el in region.elements:
+            if el.kind == 2:
+                suffix = "a" if el.variant.value == "a" else ""
+                out.append(("ELF", f"sm_{el.arch}{suffix}"))
+            elif el.kind == 1:
+                out.append(("PTX", f"sm_{el.arch}{el.variant.value}"))
+    return out
+
+
+def local_wheel(requirement: str, *, platform: str | None = None) -> Path:
+    """A wheel fetched with pip (the local index serves the CUDA wheels), cached."""
+    dest = CACHE / "wheels" / (platform or "native")
+    dest.mkdir(parents=True, exist_ok=True)
+    name = re.split(r"[=<>!~ ]", requirement, maxsplit=1)[0].replace("-", "_").lower()
+    for w in sorted(dest.glob("*.whl")):
+        if w.name.lower().startswith(name + "-"):
+            return w
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "-q", "-d", str(dest), requirement]
+    if platform:
+        cmd += ["--platform", platform]
+    subprocess.run(cmd, check=True)
+    for w in sorted(dest.glob("*.whl")):
+        if w.name.lower().startswith(name + "-"):
+            return w
+    raise RuntimeError(f"pip download {requirement} produced no wheel")
+
+
+def extract_member(wheel: Path, suffix: str, dest: Path) -> Path:
+    """Extract the first member of ``wheel`` whose name ends with ``suffix``."""
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.filename.endswith(suffix):
+                out = dest / Path(info.filename).name
+                if not out.exists():
+                    with zf.open(info) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                return out
+    raise FileNotFoundError(f"{suffix} not in {wheel}")
