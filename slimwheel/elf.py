@@ -333,7 +333,9 @@ class ElfFile:
         """File offset of a mapped virtual address (the range must be file-backed)."""
         for p in self.loads:
             if p.vaddr <= vaddr and vaddr + size <= p.vaddr + p.filesz:
-                return p.offset + (vaddr - p.vaddr)
+                offset = p.offset + (vaddr - p.vaddr)
+                self.check_range(offset, size, f"data at virtual address {vaddr:#x}")
+                return offset
         raise self._fail(f"virtual address {vaddr:#x} is not backed by the file")
 
     def offset_to_vaddr(self, offset: int) -> int | None:
@@ -352,7 +354,7 @@ class ElfFile:
         self.check_range(dyn.offset, dyn.filesz, "dynamic segment")
         out = []
         for i in range(dyn.filesz // _DYN.size):
-            tag, val = _DYN.unpack_from(self.buf, dyn.offset + i * _DYN.size)
+            tag, val = self.unpack(_DYN, dyn.offset + i * _DYN.size, "dynamic entry")
             if tag == DT.NULL:
                 break
             out.append(DynamicEntry(tag, val))
@@ -401,7 +403,7 @@ class ElfFile:
         off, size = table
         where = 0
         for i in range(size // 8):
-            (entry,) = _U64.unpack_from(self.buf, off + i * 8)
+            (entry,) = self.unpack(_U64, off + i * 8, "DT_RELR entry")
             if entry & 1 == 0:
                 yield entry
                 where = entry + 8
@@ -448,7 +450,7 @@ class ElfFile:
             return f"machine-{self.header.machine}"
 
     def read_u64_at_vaddr(self, vaddr: int) -> int:
-        (value,) = _U64.unpack_from(self.buf, self.vaddr_to_offset(vaddr, 8))
+        (value,) = self.unpack(_U64, self.vaddr_to_offset(vaddr, 8), "pointer")
         return int(value)
 
     # -- symbols -------------------------------------------------------
