@@ -156,6 +156,7 @@ class ElfHeader:
 class Section:
     index: int
     name: str
+    name_offset: int
     type: int
     flags: int
     addr: int
@@ -297,7 +298,7 @@ class ElfFile:
         out = []
         for i, r in enumerate(raw):
             name = _cstr(names, r[0]) if names else ""
-            out.append(Section(i, name, *r[1:]))
+            out.append(Section(i, name, *r))
         return tuple(out)
 
     @cached_property

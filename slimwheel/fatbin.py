@@ -173,6 +173,7 @@ class Region:
     """One fatbin: a 16-byte header and its elements, in section ``section``."""
 
     section: str
+    section_index: int
     offset: int
     vaddr: int
     size: int  # bytes of entries after the header
@@ -306,7 +307,7 @@ def _region_header(buf: Buffer, off: int, limit: int) -> int | None:
 
 
 def parse_region(
-    buf: Buffer, off: int, limit: int, *, section: str, vaddr: int, name: str
+    buf: Buffer, off: int, limit: int, *, section: Section, vaddr: int, name: str
 ) -> Region:
     """Parse the region whose header is at file offset ``off``."""
     size = _region_header(buf, off, limit)
@@ -321,7 +322,7 @@ def parse_region(
         el = _parse_element(buf, pos, end, name)
         elements.append(el)
         pos = el.end
-    return Region(section, off, vaddr, size, tuple(elements))
+    return Region(section.name, section.index, off, vaddr, size, tuple(elements))
 
 
 _ZERO_CHUNK = bytes(1 << 20)
@@ -362,7 +363,7 @@ def _walk_dedicated(elf: ElfFile, sec: Section) -> list[Region]:
             swept = pos
         if _region_header(buf, pos, end) is not None:
             region = parse_region(
-                buf, pos, end, section=sec.name, vaddr=sec.addr + (pos - sec.offset), name=name
+                buf, pos, end, section=sec, vaddr=sec.addr + (pos - sec.offset), name=name
             )
             regions.append(region)
             pos = region.end
@@ -404,7 +405,7 @@ def _search_embedded(elf: ElfFile, sec: Section) -> list[Region]:
         region = None
         if vaddr % 8 == 0 and _region_header(buf, found, end) is not None:
             try:
-                region = parse_region(buf, found, end, section=sec.name, vaddr=vaddr, name=name)
+                region = parse_region(buf, found, end, section=sec, vaddr=vaddr, name=name)
             except FatbinError:
                 region = None
         if region is None:

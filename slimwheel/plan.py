@@ -9,7 +9,7 @@ the same plan that a rewrite applies.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .arch import Target, can_run, driver_choice, split_arch
@@ -23,10 +23,16 @@ class Reason(enum.Enum):
     WRONG_ARCH = "wrong-arch"  # no target can run it
     SUPERSEDED = "superseded"  # a target could run it, but the driver loads another element
     PTX_NOT_NEEDED = "ptx-not-needed"  # PTX where every target gets a cubin
+    SECTION_LEFT_ALONE = "section-left-alone"  # its section is not slimmed in this library
 
     @property
     def keeps(self) -> bool:
-        return self in (Reason.LOADED, Reason.KEEP_PTX, Reason.NOT_DRIVER_CODE)
+        return self in (
+            Reason.LOADED,
+            Reason.KEEP_PTX,
+            Reason.NOT_DRIVER_CODE,
+            Reason.SECTION_LEFT_ALONE,
+        )
 
     @property
     def text(self) -> str:
@@ -40,6 +46,7 @@ _REASON_TEXT = {
     Reason.WRONG_ARCH: "wrong arch: no target can run it",
     Reason.SUPERSEDED: "superseded: the driver loads another element instead",
     Reason.PTX_NOT_NEEDED: "PTX not needed: a cubin is loaded instead",
+    Reason.SECTION_LEFT_ALONE: "kept: its section is left alone in this library",
 }
 
 
@@ -78,6 +85,7 @@ class Plan:
     targets: tuple[Target, ...]
     keep_ptx: bool
     regions: tuple[RegionPlan, ...]
+    left_alone: tuple[tuple[str, str], ...] = ()  # (section, why)
 
     @property
     def decisions(self) -> Iterator[Decision]:
@@ -102,7 +110,13 @@ def _best_forward_ptx(elements: Sequence[Element]) -> Element | None:
     return max(plain, key=lambda e: split_arch(e.arch), default=None)
 
 
-def plan_region(region: Region, targets: Sequence[Target], *, keep_ptx: bool = False) -> RegionPlan:
+def plan_region(
+    region: Region,
+    targets: Sequence[Target],
+    *,
+    keep_ptx: bool = False,
+    left_alone: bool = False,
+) -> RegionPlan:
     loaded: dict[int, list[Target]] = {}
     for t in targets:
         for e in driver_choice(region.elements, t):
@@ -111,7 +125,9 @@ def plan_region(region: Region, targets: Sequence[Target], *, keep_ptx: bool = F
     decisions = []
     for e in region.elements:
         where = tuple(loaded.get(e.offset, ()))
-        if where:
+        if left_alone:
+            reason = Reason.SECTION_LEFT_ALONE
+        elif where:
             reason = Reason.LOADED
         elif forward is not None and e.offset == forward.offset:
             reason = Reason.KEEP_PTX
@@ -131,10 +147,25 @@ def plan_region(region: Region, targets: Sequence[Target], *, keep_ptx: bool = F
     return RegionPlan(region, tuple(decisions))
 
 
-def plan_layout(layout: FatbinLayout, targets: Sequence[Target], *, keep_ptx: bool = False) -> Plan:
-    """Decide, for every element of every region, whether it stays."""
+def plan_layout(
+    layout: FatbinLayout,
+    targets: Sequence[Target],
+    *,
+    keep_ptx: bool = False,
+    leave: Mapping[str, str] | None = None,
+) -> Plan:
+    """Decide, for every element of every region, whether it stays.
+
+    ``leave`` maps section names to the reason their regions stay untouched.
+    """
+    leave = leave or {}
+    present = {r.section for r in layout.regions}
     return Plan(
         tuple(targets),
         keep_ptx,
-        tuple(plan_region(r, targets, keep_ptx=keep_ptx) for r in layout.regions),
+        tuple(
+            plan_region(r, targets, keep_ptx=keep_ptx, left_alone=r.section in leave)
+            for r in layout.regions
+        ),
+        tuple(sorted((s, why) for s, why in leave.items() if s in present)),
     )

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import SlimwheelError, UsageError
 from . import inspect as inspect_cmd
+from . import slim as slim_cmd
+from . import verify as verify_cmd
 
-SUBCOMMANDS = (inspect_cmd,)
+SUBCOMMANDS = (inspect_cmd, slim_cmd, verify_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

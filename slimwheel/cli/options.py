@@ -29,6 +29,22 @@ def targets_from(args: argparse.Namespace) -> tuple[Target, ...]:
     return parse_targets(specs) if specs else ()
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``65536``, ``64K``, ``2M``, ``1G`` (binary units)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        value = int(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return value * _UNITS[unit]
+
+
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON document (see schemas/)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

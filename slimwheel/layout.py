@@ -1,0 +1,353 @@
+"""The output file's layout: apply edits, and take zero runs out of the file.
+
+One general mechanism (``shared/design/compaction.md``): a page-aligned run of
+zeros inside a PT_LOAD leaves the file while every other byte keeps its
+virtual address. The segment is split in two: the first part's ``p_memsz``
+covers the run (the loader zero-fills it, read-only segments included), the
+second starts after the run at a file offset shifted down by the run's
+length. Lengths are multiples of the segments' alignment, so offsets stay
+congruent to addresses. A section with a run inside is split into a
+PROGBITS piece, a NOBITS piece (the run) and a PROGBITS piece, the new pieces
+appended to the section header table so no section index changes. The new
+program header table (one more PT_LOAD per run) and section header table go
+to the end of the file; glibc copies a program header table that lies
+outside every PT_LOAD.
+
+The result is a list of output pieces (copy original bytes, literal bytes,
+zeros) that ``write.py`` streams to disk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from dataclasses import dataclass, replace
+
+from .elf import PT, SHT, ElfFile, EMachine, Section, Segment
+from .rewrite import Edit, Piece, PieceKind, Replacement
+
+#: Zero runs shorter than this stay in the file (each costs one PT_LOAD).
+DEFAULT_MIN_HOLE = 64 << 10
+
+_EHDR_TAIL = struct.Struct("<QQIHHHHHH")  # e_phoff .. e_shstrndx, at offset 32
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_PHDR = struct.Struct("<IIQQQQQQ")
+
+
+@dataclass(frozen=True, slots=True)
+class Hole:
+    """Original file range [offset, end) that leaves the file."""
+
+    offset: int
+    end: int
+    section: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.offset
+
+
+@dataclass(slots=True)
+class OutputLayout:
+    pieces: list[Piece]
+    size: int
+    holes: list[Hole]
+    segments: list[Segment]
+    sections: list[Section]
+    compacted: bool
+    note: str = ""  # why compaction was not done, when it was asked for
+
+    @property
+    def load_count(self) -> int:
+        return sum(1 for s in self.segments if s.type == PT.LOAD)
+
+
+class _OffsetMap:
+    """Original file offset -> output offset, given the holes."""
+
+    def __init__(self, holes: list[Hole]) -> None:
+        self.starts = [h.offset for h in holes]
+        self.removed = []  # removed bytes before and including hole i
+        total = 0
+        for h in holes:
+            total += h.length
+            self.removed.append(total)
+        self.holes = holes
+
+    def __call__(self, offset: int) -> int:
+        i = bisect.bisect_right(self.starts, offset) - 1
+        if i < 0:
+            return offset
+        h = self.holes[i]
+        before = self.removed[i] - h.length
+        if offset < h.end:  # inside a hole: where the hole would have started
+            return h.offset - before
+        return offset - self.removed[i]
+
+
+#: Page sizes a hole must respect: x86_64 Linux uses 4 KiB pages; aarch64
+#: kernels may use 64 KiB pages, so its holes keep 64 KiB granularity.
+PAGE_GRANULE = {EMachine.X86_64: 4096, EMachine.AARCH64: 65536}
+
+
+def _alignment(elf: ElfFile) -> int:
+    """Granularity of holes: the largest page size the library may be loaded with."""
+    granule = PAGE_GRANULE.get(elf.header.machine)  # type: ignore[call-overload]
+    if granule is None:
+        return max([4096, *(p.align for p in elf.loads)])
+    return int(granule)
+
+
+def find_holes(elf: ElfFile, edit: Edit, *, min_hole: int) -> list[Hole]:
+    """Zero runs of the edit, aligned inward, inside one PT_LOAD's file bytes."""
+    align = _alignment(elf)
+    runs: list[tuple[int, int, int]] = []
+    for z in edit.zero_runs:  # merge touching runs of one section
+        if runs and runs[-1][1] == z.offset and runs[-1][2] == z.section:
+            runs[-1] = (runs[-1][0], z.end, z.section)
+        else:
+            runs.append((z.offset, z.end, z.section))
+    holes = []
+    for start, end, section in runs:
+        a = -(-start // align) * align
+        b = end // align * align
+        if b - a < max(min_hole, align):
+            continue
+        for p in elf.loads:
+            if p.offset < a and b <= p.offset + p.filesz:
+                holes.append(Hole(a, b, section))
+                break
+    return holes
+
+
+def _lower_align(p: Segment, granule: int) -> Segment:
+    """Keep offset == vaddr (mod p_align) true after a shift by a multiple of ``granule``.
+
+    Linkers align segments to 2 MiB (max-page-size) for huge pages; the loader
+    only needs page congruence. A segment shifted by a page multiple gets the
+    page granule as its alignment, which the ELF rule then still holds for.
+    """
+    if p.align > granule and (p.offset - p.vaddr) % p.align:
+        return replace(p, align=granule)
+    return p
+
+
+def _split_segments(elf: ElfFile, holes: list[Hole], omap: _OffsetMap) -> list[Segment]:
+    granule = _alignment(elf)
+    return [_lower_align(p, granule) if p.type == PT.LOAD else p for p in _split(elf, holes, omap)]
+
+
+def _split(elf: ElfFile, holes: list[Hole], omap: _OffsetMap) -> list[Segment]:
+    out: list[Segment] = []
+    for p in elf.segments:
+        if p.type != PT.LOAD:
+            out.append(replace(p, offset=omap(p.offset)))
+            continue
+        inside = [h for h in holes if p.offset < h.offset and h.end <= p.offset + p.filesz]
+        start = p.offset  # original offset where the current piece begins
+        for h in inside:
+            vstart = p.vaddr + (start - p.offset)
+            out.append(
+                replace(
+                    p,
+                    offset=omap(start),
+                    vaddr=vstart,
+                    paddr=p.paddr + (start - p.offset),
+                    filesz=h.offset - start,
+                    memsz=h.end - start,
+                )
+            )
+            start = h.end
+        tail = start - p.offset
+        out.append(
+            replace(
+                p,
+                offset=omap(start),
+                vaddr=p.vaddr + tail,
+                paddr=p.paddr + tail,
+                filesz=p.filesz - tail,
+                memsz=p.memsz - tail,
+            )
+        )
+    return out
+
+
+def _split_sections(elf: ElfFile, edit: Edit, holes: list[Hole], omap: _OffsetMap) -> list[Section]:
+    base: list[Section] = []
+    extra: list[Section] = []
+    for s in elf.sections:
+        size = edit.section_sizes.get(s.index, s.size)
+        s = replace(s, size=size)
+        if s.type == SHT.NULL:
+            base.append(s)
+            continue
+        inside = [
+            h
+            for h in holes
+            if h.section == s.index and s.offset < h.offset and h.end <= s.offset + size
+        ]
+        if not inside or s.type == SHT.NOBITS:
+            base.append(replace(s, offset=omap(s.offset)))
+            continue
+        start = s.offset
+        first = True
+        for h in inside + [None]:
+            stop = h.offset if h is not None else s.offset + size
+            piece = replace(
+                s,
+                offset=omap(start),
+                addr=s.addr + (start - s.offset),
+                size=stop - start,
+            )
+            if first:
+                base.append(piece)
+                first = False
+            else:
+                extra.append(replace(piece, index=len(elf.sections) + len(extra)))
+            if h is not None:
+                extra.append(
+                    replace(
+                        s,
+                        index=len(elf.sections) + len(extra),
+                        type=SHT.NOBITS,
+                        offset=omap(h.offset),
+                        addr=s.addr + (h.offset - s.offset),
+                        size=h.length,
+                    )
+                )
+                start = h.end
+    return base + extra
+
+
+def _body_pieces(size: int, replacements: list[Replacement]) -> list[tuple[int, Piece]]:
+    """Cover [0, size) with (original offset, piece): replacements and copies."""
+    out: list[tuple[int, Piece]] = []
+    pos = 0
+    for r in replacements:
+        if r.offset > pos:
+            out.append((pos, Piece.copy(pos, r.offset - pos)))
+        at = r.offset
+        for p in r.pieces:
+            if p.length:
+                out.append((at, p))
+            at += p.length
+        if at != r.end:
+            raise AssertionError(f"replacement at {r.offset:#x} is not length-preserving")
+        pos = r.end
+    if pos < size:
+        out.append((pos, Piece.copy(pos, size - pos)))
+    return out
+
+
+def _cut_holes(body: list[tuple[int, Piece]], holes: list[Hole]) -> list[Piece]:
+    out: list[Piece] = []
+    hi = 0
+    for at, p in body:
+        end = at + p.length
+        cur = at
+        while hi < len(holes) and holes[hi].end <= cur:
+            hi += 1
+        j = hi
+        while cur < end:
+            h = holes[j] if j < len(holes) else None
+            if h is None or h.offset >= end:
+                out.append(_slice(p, cur - at, end - cur))
+                break
+            if p.kind is not PieceKind.ZERO:
+                raise AssertionError(f"hole at {h.offset:#x} covers non-zero output")
+            if h.offset > cur:
+                out.append(_slice(p, cur - at, h.offset - cur))
+            cur = min(end, h.end)
+            if h.end <= end:
+                j += 1
+    return out
+
+
+def _slice(p: Piece, start: int, length: int) -> Piece:
+    if p.kind is PieceKind.COPY:
+        return Piece.copy(p.src + start, length)
+    if p.kind is PieceKind.DATA:
+        return Piece.literal(p.data[start : start + length])
+    return Piece.zeros(length)
+
+
+def plan_output(
+    elf: ElfFile, edit: Edit, *, compact: bool = True, min_hole: int = DEFAULT_MIN_HOLE
+) -> OutputLayout:
+    """Where every output byte comes from."""
+    note = ""
+    holes: list[Hole] = []
+    if compact:
+        if any(p.type == PT.PHDR for p in elf.segments):
+            note = "has PT_PHDR: its program headers cannot move; zeroed, not compacted"
+        elif not elf.sections:
+            note = "has no section headers; zeroed, not compacted"
+        else:
+            holes = find_holes(elf, edit, min_hole=min_hole)
+    compacted = compact and not note
+    omap = _OffsetMap(holes)
+    segments = _split_segments(elf, holes, omap)
+    if compacted and holes:
+        sections = _split_sections(elf, edit, holes, omap)
+    else:
+        sections = list(elf.sections)
+    replacements = list(edit.replacements)
+    h = elf.header
+    tables: list[Piece] = []
+    phoff, shoff = h.phoff, h.shoff
+    # Without a hole nothing moves: the tables stay where they are (a packed
+    # section keeps its old size, zero tail included).
+    rewrite_tables = compacted and bool(holes)
+    body_end = elf.size
+    if rewrite_tables and h.shoff and h.shoff + h.shnum * h.shentsize == elf.size:
+        body_end = h.shoff  # the old section header table was last: drop it
+    body_size = body_end - sum(x.length for x in holes)
+    if rewrite_tables:
+        # New tables at the end of the file, 8-byte aligned.
+        pad = -body_size % 8
+        phoff = body_size + pad
+        shoff = phoff + len(segments) * _PHDR.size
+        tables = [
+            Piece.zeros(pad),
+            Piece.literal(b"".join(_PHDR.pack(*_phdr_fields(p)) for p in segments)),
+            Piece.literal(b"".join(_SHDR.pack(*_shdr_fields(s)) for s in sections)),
+        ]
+        shstrndx = h.shstrndx if h.shnum else 0
+        header = _EHDR_TAIL.pack(
+            phoff,
+            shoff,
+            h.flags,
+            h.ehsize,
+            h.phentsize,
+            len(segments),
+            h.shentsize,
+            len(sections) if len(sections) < 0xFF00 else 0,
+            shstrndx,
+        )
+        if len(sections) >= 0xFF00:
+            raise AssertionError("extended section numbering is not written")
+        replacements.append(Replacement(32, len(header), (Piece.literal(header),)))
+        replacements.sort(key=lambda r: r.offset)
+    body = _body_pieces(body_end, replacements)
+    pieces = [p for p in _cut_holes(body, holes) + tables if p.length]
+    size = sum(p.length for p in pieces)
+    return OutputLayout(pieces, size, holes, segments, sections, compacted, note)
+
+
+def _phdr_fields(p: Segment) -> tuple[int, ...]:
+    return (p.type, p.flags, p.offset, p.vaddr, p.paddr, p.filesz, p.memsz, p.align)
+
+
+def _shdr_fields(s: Section) -> tuple[int, ...]:
+    return (
+        s.name_offset,
+        s.type,
+        s.flags,
+        s.addr,
+        s.offset,
+        s.size,
+        s.link,
+        s.info,
+        s.addralign,
+        s.entsize,
+    )

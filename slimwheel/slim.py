@@ -1,0 +1,132 @@
+"""Slim one library: scan, plan, edit, lay out, write atomically, verify.
+
+The output is written to a temporary file beside the destination, verified
+against the original (``verify.py``) while still temporary, and only then
+renamed into place. A failed verification leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .arch import Target
+from .elf import ElfFile, map_file
+from .errors import InputError, SlimwheelError
+from .fatbin import FatbinLayout, scan
+from .layout import DEFAULT_MIN_HOLE, plan_output
+from .plan import Plan, plan_layout
+from .rewrite import edits_for
+from .verify import VerifyError, VerifyReport, verify
+from .write import atomic_output, write_pieces
+
+
+@dataclass(frozen=True, slots=True)
+class SlimResult:
+    name: str
+    plan: Plan
+    file_bytes_before: int
+    file_bytes_after: int
+    device_bytes_before: int
+    device_bytes_after: int
+    by_arch_before: dict[str, int]
+    by_arch_after: dict[str, int]
+    loads_before: int
+    loads_after: int
+    compacted: bool
+    note: str
+    holes: int
+    hole_bytes: int
+    report: VerifyReport
+
+    @property
+    def saved(self) -> int:
+        return self.file_bytes_before - self.file_bytes_after
+
+
+def _by_arch(layout: FatbinLayout, keep: set[int] | None = None) -> dict[str, int]:
+    c: Counter[str] = Counter()
+    for _r, e in layout.elements:
+        if keep is None or e.offset in keep:
+            c[e.arch_name] += e.size
+    return dict(sorted(c.items()))
+
+
+def slim_library(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    targets: Sequence[Target],
+    keep_ptx: bool = False,
+    compact: bool = True,
+    min_hole: int = DEFAULT_MIN_HOLE,
+    leave: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> SlimResult:
+    """Write ``dest``: ``src`` with only what ``targets`` load. ``dest`` may be ``src``."""
+    label = name or os.fspath(src)
+    if os.path.isdir(dest):
+        raise InputError("output is a directory", path=os.fspath(dest))
+    try:
+        mode = os.stat(src).st_mode
+        with map_file(src) as buf, open(src, "rb") as fsrc:
+            elf = ElfFile(buf, label)
+            layout = scan(elf)
+            plan = plan_layout(layout, targets, keep_ptx=keep_ptx, leave=leave)
+            edit = edits_for(elf, layout, plan)
+            out = plan_output(elf, edit, compact=compact, min_hole=min_hole)
+            with atomic_output(dest, mode=mode) as f:
+                written = write_pieces(fsrc, f, out.pieces)
+                if written != out.size:
+                    raise AssertionError(f"wrote {written} bytes, planned {out.size}")
+                f.flush()
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as sbuf:
+                    slim_elf = ElfFile(sbuf, f"{label} (slimmed)")
+                    report = verify(elf, slim_elf, plan, orig_layout=layout)
+                    slim_loads = len(slim_elf.loads)
+                if report.problems:
+                    raise VerifyError(
+                        "verification of the slimmed output failed: "
+                        + "; ".join(report.problems[:3]),
+                        path=label,
+                    )
+            kept = {d.element.offset for d in plan.decisions if d.keep}
+            return SlimResult(
+                name=label,
+                plan=plan,
+                file_bytes_before=elf.size,
+                file_bytes_after=out.size,
+                device_bytes_before=sum(r.total_size for r in layout.regions),
+                device_bytes_after=sum(r.total_size for r in layout.regions) - plan.removed_bytes,
+                by_arch_before=_by_arch(layout),
+                by_arch_after=_by_arch(layout, kept),
+                loads_before=len(elf.loads),
+                loads_after=slim_loads,
+                compacted=out.compacted,
+                note=out.note,
+                holes=len(out.holes),
+                hole_bytes=sum(h.length for h in out.holes),
+                report=report,
+            )
+    except SlimwheelError as exc:
+        raise exc.with_path(label) from None
+
+
+def verify_pair(
+    original: str | os.PathLike[str],
+    slimmed: str | os.PathLike[str],
+    *,
+    targets: Sequence[Target],
+    keep_ptx: bool = False,
+    leave: Mapping[str, str] | None = None,
+) -> VerifyReport:
+    """Check an existing pair (``slimwheel verify``)."""
+    with map_file(original) as obuf, map_file(slimmed) as sbuf:
+        orig = ElfFile(obuf, os.fspath(original))
+        slim = ElfFile(sbuf, os.fspath(slimmed))
+        layout = scan(orig)
+        plan = plan_layout(layout, targets, keep_ptx=keep_ptx, leave=leave)
+        return verify(orig, slim, plan, orig_layout=layout)
