@@ -191,7 +191,7 @@ def _split_sections(elf: ElfFile, edit: Edit, holes: list[Hole], omap: _OffsetMa
             continue
         start = s.offset
         first = True
-        for h in inside + [None]:
+        for h in [*inside, None]:
             stop = h.offset if h is not None else s.offset + size
             piece = replace(
                 s,

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -126,7 +127,7 @@ def _mapped(loads: Sequence[Segment]) -> list[tuple[int, int, int]]:
 
 def check_structure(elf: ElfFile, report: VerifyReport) -> None:
     loads = elf.loads
-    for a, b in zip(loads, loads[1:], strict=False):
+    for a, b in itertools.pairwise(loads):
         if b.vaddr < a.vaddr + a.memsz:
             report.fail(f"PT_LOADs overlap or are unsorted at {b.vaddr:#x}")
     for p in elf.segments:

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..inventory import LibraryScan, scan_library
 from ..report import Doc, inspect_document
 from ..sources import LibrarySource, find_libraries
-from .options import add_output_options, add_target_options, targets_from
+from .options import add_output_options, add_target_options, make_console, targets_from
 from .progress import byte_progress
 
 HELP = "show the CUDA device code in libraries, wheels, directories or installed distributions"
@@ -94,7 +94,7 @@ def _breakdown(rows: list[Doc], key: str, limit: int = 12) -> str:
 
 
 def render(doc: Doc, *, show_all: bool = False) -> None:
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    console = make_console()
     targets = doc["targets"]
     libs = [lib for lib in doc["libraries"] if show_all or lib["regions"]]
     table = Table(title="CUDA device code", title_justify="left", show_footer=True)

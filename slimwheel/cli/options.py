@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+
+from rich.console import Console
 
 from ..arch import Target, parse_targets
 
@@ -43,6 +46,11 @@ def parse_size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}")
     return value * _UNITS[unit]
+
+
+def make_console() -> Console:
+    """stdout console; wide lines when stdout is not a terminal (no wrapping in logs)."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:

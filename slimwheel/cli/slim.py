@@ -15,7 +15,13 @@ from ..layout import DEFAULT_MIN_HOLE
 from ..policy import sections_to_leave
 from ..slim import SlimResult, slim_library
 from .inspect import human
-from .options import add_output_options, add_target_options, parse_size, targets_from
+from .options import (
+    add_output_options,
+    add_target_options,
+    make_console,
+    parse_size,
+    targets_from,
+)
 
 HELP = "write a library that keeps only the device code the given GPUs load"
 
@@ -75,7 +81,7 @@ def execute(args: argparse.Namespace) -> int:
         json.dump(result_document(result), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
-    console = Console(highlight=False)
+    console = make_console()
     if args.explain:
         print_explain(console, result)
     print_summary(console, result, dest)

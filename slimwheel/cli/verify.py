@@ -1,4 +1,4 @@
-"""``slimwheel verify ORIGINAL SLIM --arch TARGET``: check a slimmed library against its original."""
+"""``slimwheel verify ORIGINAL SLIM --arch TARGET``: check a slim library against its original."""
 
 from __future__ import annotations
 
