@@ -1,0 +1,117 @@
+"""On a GPU: a copy of the installed torch + nvidia-* stack, every library slimmed
+to the GPU's arch, runs the battery with bit-identical results to the original
+installation, under CUDA_MODULE_LOADING=LAZY and EAGER.
+
+The installed site-packages is never modified: torch/ and nvidia/ (and their
+.dist-info) are copied, the copy is slimmed in place, and the copy is put
+first on PYTHONPATH for the slim runs. SLIMWHEEL_GPU_OUT, when set, receives
+the battery outputs and a per-library size report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from slimwheel.arch import Target
+from slimwheel.elf import is_elf
+from slimwheel.slim import SlimResult, slim_library
+from tests.gpu.conftest import gpu_capability
+
+BATTERY = Path(__file__).with_name("battery.py")
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+
+
+def _site_packages() -> Path:
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        pytest.skip("torch is not installed")
+    return Path(spec.origin).parent.parent
+
+
+def _slim_one(job: tuple[str, int, int]) -> dict[str, object]:
+    path, major, minor = job
+    r: SlimResult = slim_library(path, path, targets=[Target(major, minor)])
+    return {
+        "library": path,
+        "before": r.file_bytes_before,
+        "after": r.file_bytes_after,
+        "selected": r.plan.removed_bytes,
+        "loads": [r.loads_before, r.loads_after],
+        "problems": r.report.problems,
+    }
+
+
+@pytest.fixture(scope="module")
+def slim_stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cap = gpu_capability()
+    assert cap is not None
+    site = _site_packages()
+    copy = tmp_path_factory.mktemp("stack")
+    for entry in sorted(site.iterdir()):
+        n = entry.name
+        if (
+            n in ("torch", "nvidia")
+            or (n.startswith(("torch-", "nvidia_")) and n.endswith(".dist-info"))
+        ) and entry.is_dir():
+            shutil.copytree(entry, copy / n, symlinks=True)
+    libs = sorted(
+        str(p)
+        for p in copy.rglob("*")
+        if p.is_file() and not p.is_symlink() and ".so" in p.name and is_elf(p)
+    )
+    with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 2)) as pool:
+        report = list(pool.map(_slim_one, [(p, *cap) for p in libs]))
+    out = os.environ.get("SLIMWHEEL_GPU_OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "stack_slim.json").write_text(json.dumps(report, indent=1))
+    assert all(not r["problems"] for r in report)
+    before = sum(int(r["before"]) for r in report)  # type: ignore[call-overload]
+    after = sum(int(r["after"]) for r in report)  # type: ignore[call-overload]
+    print(f"stack: {len(report)} libraries, {before / 1e6:.0f} MB -> {after / 1e6:.0f} MB")
+    return copy
+
+
+def _battery(mode: str, pythonpath: Path | None, out: Path) -> dict[str, object]:
+    env = dict(os.environ, CUDA_MODULE_LOADING=mode)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(BATTERY), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("mode", ["LAZY", "EAGER"])
+def test_slim_stack_is_bit_identical(slim_stack: Path, tmp_path: Path, mode: str) -> None:
+    out = Path(os.environ.get("SLIMWHEEL_GPU_OUT", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    orig = _battery(mode, None, out / f"battery_orig_{mode}.json")
+    slim = _battery(mode, slim_stack, out / f"battery_slim_{mode}.json")
+    slim_libs = slim["libraries"]
+    assert isinstance(slim_libs, list)
+    assert any(str(slim_stack) in p and "libtorch_cuda" in p for p in slim_libs)
+    assert any(str(slim_stack) in p and "libcublas" in p for p in slim_libs)
+    assert not any("/nvidia/" in p and str(slim_stack) not in p for p in slim_libs), slim_libs
+    o, s = orig["results"], slim["results"]
+    assert isinstance(o, dict) and isinstance(s, dict)
+    errors = sorted(k for k in o if k.endswith(":error"))
+    assert not errors, {k: o[k] for k in errors}
+    assert sorted(s) == sorted(o)
+    differ = [k for k in o if o[k] != s[k]]
+    assert not differ, {k: (o[k], s[k]) for k in differ}
+    print(f"{mode}: {len(o)} results bit-identical")
