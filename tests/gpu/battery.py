@@ -38,6 +38,8 @@ def record(name: str, t: torch.Tensor) -> None:
         "shape": list(t.shape),
         "dtype": str(t.dtype),
         "head": [float(v) for v in t.flatten()[:3].float().tolist()],
+        "sum": float(t.double().sum()) if t.numel() else 0.0,
+        "abs_sum": float(t.double().abs().sum()) if t.numel() else 0.0,
     }
 
 

@@ -101,17 +101,32 @@ def test_slim_stack_is_bit_identical(slim_stack: Path, tmp_path: Path, mode: str
     out = Path(os.environ.get("SLIMWHEEL_GPU_OUT", tmp_path))
     out.mkdir(parents=True, exist_ok=True)
     orig = _battery(mode, None, out / f"battery_orig_{mode}.json")
+    again = _battery(mode, None, out / f"battery_orig2_{mode}.json")
     slim = _battery(mode, slim_stack, out / f"battery_slim_{mode}.json")
+    site = str(_site_packages())
+    for run in (orig, again):
+        assert isinstance(run["libraries"], list)
+        assert any(site in p and "libtorch_cuda" in p for p in run["libraries"])
     slim_libs = slim["libraries"]
     assert isinstance(slim_libs, list)
     assert any(str(slim_stack) in p and "libtorch_cuda" in p for p in slim_libs)
     assert any(str(slim_stack) in p and "libcublas" in p for p in slim_libs)
-    assert not any("/nvidia/" in p and str(slim_stack) not in p for p in slim_libs), slim_libs
-    o, s = orig["results"], slim["results"]
-    assert isinstance(o, dict) and isinstance(s, dict)
-    errors = sorted(k for k in o if k.endswith(":error"))
-    assert not errors, {k: o[k] for k in errors}
+    assert not any(site in p for p in slim_libs), "the slim run mapped original libraries"
+    o, o2, s = orig["results"], again["results"], slim["results"]
+    assert isinstance(o, dict) and isinstance(o2, dict) and isinstance(s, dict)
+    errors = sorted(k for k in [*o, *s] if k.endswith(":error"))
+    assert not errors, {k: o.get(k, s.get(k)) for k in errors}
     assert sorted(s) == sorted(o)
-    differ = [k for k in o if o[k] != s[k]]
+    # Results that differ between two runs of the untouched installation are
+    # not deterministic; they are compared by value (sums), all others bit for bit.
+    nondeterministic = sorted(k for k in o if o[k] != o2[k])
+    differ = [k for k in o if k not in nondeterministic and o[k] != s[k]]
     assert not differ, {k: (o[k], s[k]) for k in differ}
-    print(f"{mode}: {len(o)} results bit-identical")
+    for k in nondeterministic:
+        for field in ("sum", "abs_sum"):
+            a, b = o[k][field], s[k][field]
+            assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (k, field, a, b)
+    print(
+        f"{mode}: {len(o) - len(nondeterministic)} results bit-identical; "
+        f"nondeterministic in the original itself (compared by value): {nondeterministic}"
+    )
