@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -68,7 +69,8 @@ def slim_stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for p in copy.rglob("*")
         if p.is_file() and not p.is_symlink() and ".so" in p.name and is_elf(p)
     )
-    with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 2)) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 2), mp_context=spawn) as pool:
         report = list(pool.map(_slim_one, [(p, *cap) for p in libs]))
     out = os.environ.get("SLIMWHEEL_GPU_OUT")
     if out:
