@@ -69,8 +69,18 @@ def local_wheel(requirement: str, *, platform: str | None = None) -> Path:
     for w in sorted(dest.glob("*.whl")):
         if w.name.lower().startswith(name + "-"):
             return w
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "-q", "-d", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     if platform:
         cmd += ["--platform", platform]
     subprocess.run(cmd, check=True)
@@ -78,6 +88,39 @@ def local_wheel(requirement: str, *, platform: str | None = None) -> Path:
         if w.name.lower().startswith(name + "-"):
             return w
     raise RuntimeError(f"pip download {requirement} produced no wheel")
+
+
+#: The torch 2.14.1 / CUDA 13 stack as the local index serves it.
+STACK = (
+    "torch==2.14.1",
+    "nvidia-cublas==13.1.1.3",
+    "nvidia-cudnn-cu13==9.24.0.43",
+    "nvidia-cufft==12.0.0.61",
+    "nvidia-curand==10.4.0.35",
+    "nvidia-cusolver==12.0.4.66",
+    "nvidia-cusparse==12.6.3.3",
+    "nvidia-cusparselt-cu13==0.8.1",
+    "nvidia-nccl-cu13==2.30.7",
+    "nvidia-nvshmem-cu13==3.4.5",
+)
+
+
+def stack_site() -> Path:
+    """The stack's shared libraries laid out as pip installs them, extracted once."""
+    dest = CACHE / "stack-site"
+    for req in STACK:
+        wheel = local_wheel(req)
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                name = Path(info.filename).name
+                if ".so" not in name or info.is_dir():
+                    continue
+                target = dest / info.filename
+                if not target.exists() or target.stat().st_size != info.file_size:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+    return dest
 
 
 def extract_member(wheel: Path, suffix: str, dest: Path) -> Path:

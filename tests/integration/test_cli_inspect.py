@@ -89,7 +89,9 @@ def test_wheel_and_directory(
 
 
 def test_installed_distribution(
-    fixture_libs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    fixture_libs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     site = tmp_path / "site"
@@ -110,8 +112,18 @@ def test_installed_distribution(
 def test_text_table_sorted_with_totals(
     fixture_libs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["inspect", str(fixture_libs["sm90_debug"]), str(fixture_libs["many_none"]),
-                 "--arch", "sm_90"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                str(fixture_libs["sm90_debug"]),
+                str(fixture_libs["many_none"]),
+                "--arch",
+                "sm_90",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.index("libmany_none") < out.index("libsm90_debug")
     assert "total (2 libraries)" in out

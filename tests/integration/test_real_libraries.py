@@ -20,7 +20,9 @@ def _check_against_cuobjdump(lib: Path, tmp_path: Path) -> int:
         layout = scan(elf)
         assert our_listing(layout, (".nv_fatbin",)) == cuobjdump_listing(lib)
         subprocess.run(
-            [find_cuobjdump(), "-xelf", "all", str(lib)], cwd=tmp_path, check=True,
+            [find_cuobjdump(), "-xelf", "all", str(lib)],
+            cwd=tmp_path,
+            check=True,
             capture_output=True,
         )
         theirs = sorted(tmp_path.glob("*.cubin"), key=lambda p: int(p.name.split(".")[-3]))

@@ -20,15 +20,18 @@ def test_headers_match_pyelftools(fixture_libs: dict[str, Path], name: str) -> N
     with open(path, "rb") as f, open_elf(path) as ours:
         ref = ELFFile(f)
         assert ours.header.machine == 62 and ref["e_machine"] == "EM_X86_64"
-        assert [
-            (s.name, s.offset, s.size, s.addr, s.flags) for s in ours.sections
-        ] == [
+        assert [(s.name, s.offset, s.size, s.addr, s.flags) for s in ours.sections] == [
             (s.name, s["sh_offset"], s["sh_size"], s["sh_addr"], s["sh_flags"])
             for s in ref.iter_sections()
         ]
         assert [(p.type, p.offset, p.vaddr, p.filesz, p.memsz) for p in ours.segments] == [
-            (p["p_type"] if isinstance(p["p_type"], int) else _PT[p["p_type"]],
-             p["p_offset"], p["p_vaddr"], p["p_filesz"], p["p_memsz"])
+            (
+                p["p_type"] if isinstance(p["p_type"], int) else _PT[p["p_type"]],
+                p["p_offset"],
+                p["p_vaddr"],
+                p["p_filesz"],
+                p["p_memsz"],
+            )
             for p in ref.iter_segments()
         ]
         dyn = next(s for s in ref.iter_segments() if isinstance(s, DynamicSegment))
@@ -51,9 +54,19 @@ def _dt(tag: object) -> int:
     return int(ENUM_D_TAG[tag.entry.d_tag])  # type: ignore[attr-defined]
 
 
-_PT = {"PT_LOAD": 1, "PT_DYNAMIC": 2, "PT_INTERP": 3, "PT_NOTE": 4, "PT_PHDR": 6, "PT_TLS": 7,
-       "PT_GNU_EH_FRAME": 0x6474E550, "PT_GNU_STACK": 0x6474E551, "PT_GNU_RELRO": 0x6474E552,
-       "PT_GNU_PROPERTY": 0x6474E553, "PT_NULL": 0}
+_PT = {
+    "PT_LOAD": 1,
+    "PT_DYNAMIC": 2,
+    "PT_INTERP": 3,
+    "PT_NOTE": 4,
+    "PT_PHDR": 6,
+    "PT_TLS": 7,
+    "PT_GNU_EH_FRAME": 0x6474E550,
+    "PT_GNU_STACK": 0x6474E551,
+    "PT_GNU_RELRO": 0x6474E552,
+    "PT_GNU_PROPERTY": 0x6474E553,
+    "PT_NULL": 0,
+}
 
 
 @pytest.mark.parametrize("name", ["many_none", "relr"])

@@ -111,9 +111,7 @@ def test_rdc_library(fixture_libs: dict[str, Path]) -> None:
         assert got == Counter(build.expected_arches)
     per_tu = [ks for _, ks in _kernel_regions(path) if _.section == "__nv_relfatbin"]
     assert set().union(*[k for ks in per_tu for k in ks]) == build.kernels
-    linked = [
-        (r, ks) for r, ks in _kernel_regions(path) if r.section == ".nv_fatbin"
-    ]
+    linked = [(r, ks) for r, ks in _kernel_regions(path) if r.section == ".nv_fatbin"]
     assert len(linked) == 1
     region, kernels = linked[0]
     assert sorted(el.arch_name for el in region.elements) == ["sm_80", "sm_90"]
@@ -142,7 +140,9 @@ def test_cubins_match_cuobjdump_extraction(
     path = fixture_libs[name]
     subprocess.run(
         [find_cuobjdump(), "-all", "-xelf", "all", str(path)],
-        cwd=tmp_path, check=True, capture_output=True,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
     )
     theirs = sorted(tmp_path.glob("*.cubin"), key=lambda p: int(p.name.split(".")[-3]))
     with open_elf(path) as elf:

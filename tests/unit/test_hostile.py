@@ -32,8 +32,14 @@ def _interesting_ranges(data: bytes) -> list[tuple[int, int]]:
     ranges = [(0, 64), (elf.header.phoff, elf.header.phoff + 56 * elf.header.phnum)]
     ranges.append((elf.header.shoff, len(data)))
     for s in elf.sections:
-        if s.name in (".nv_fatbin", "__nv_relfatbin", ".nvFatBinSegment", ".dynamic", ".rela.dyn",
-                      ".relr.dyn"):
+        if s.name in (
+            ".nv_fatbin",
+            "__nv_relfatbin",
+            ".nvFatBinSegment",
+            ".dynamic",
+            ".rela.dyn",
+            ".relr.dyn",
+        ):
             ranges.append((s.offset, s.offset + s.size))
     layout = scan(elf)
     for _r, e in layout.elements:

@@ -1,0 +1,192 @@
+"""``slimwheel slim`` on nvcc-built fixtures: selection, structure, cuobjdump, dlopen, CLI."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from slimwheel.arch import parse_targets
+from slimwheel.cli import main
+from slimwheel.elf import open_elf
+from slimwheel.fatbin import scan
+from slimwheel.slim import slim_library, verify_pair
+from tests.helpers import cuobjdump_listing, our_listing
+
+# What the driver loads from the many_* fixture's kernel region, per GPU:
+# written out by hand from NVIDIA's compatibility rules, not computed.
+EXPECTED = {
+    "sm_75": {"sm_75"},
+    "sm_80": {"sm_80"},
+    "sm_86": {"sm_86"},
+    "sm_87": {"sm_86"},
+    "sm_89": {"sm_86"},
+    "sm_90": {"sm_90a"},
+    "sm_100": {"sm_100f"},
+    "sm_103": {"sm_100f"},
+    "sm_110": {"compute_75"},
+    "sm_120": {"sm_120"},
+    "sm_121": {"sm_120"},
+    "sm_80,sm_90": {"sm_80", "sm_90a"},
+    "T4,H100,B200": {"sm_75", "sm_90a", "sm_100f"},
+}
+
+
+def _kernel_region_arches(path: Path) -> set[str]:
+    with open_elf(path) as elf:
+        regions = scan(elf).regions
+    biggest = max(regions, key=lambda r: r.total_size)
+    return {e.arch_name for e in biggest.elements}
+
+
+def readelf_warnings(path: Path) -> set[str]:
+    proc = subprocess.run(["readelf", "-W", "-a", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return {line for line in proc.stderr.splitlines() if line.strip()}
+
+
+@pytest.mark.parametrize("targets", list(EXPECTED))
+@pytest.mark.parametrize("name", ["many_none", "many_size", "many_speed"])
+def test_selection_per_target(
+    fixture_libs: dict[str, Path], tmp_path: Path, name: str, targets: str
+) -> None:
+    orig = fixture_libs[name]
+    out = tmp_path / "slim.so"
+    result = slim_library(orig, out, targets=parse_targets([targets]))
+    assert result.report.problems == []
+    assert _kernel_region_arches(out) == EXPECTED[targets]
+    assert readelf_warnings(out) <= readelf_warnings(orig)
+    with open_elf(out) as elf:
+        assert our_listing(scan(elf), (".nv_fatbin",)) == cuobjdump_listing(out)
+    ctypes.CDLL(str(out))  # loads: cudart is static, nothing runs until a launch
+
+
+def test_keep_ptx(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "slim.so"
+    slim_library(fixture_libs["many_none"], out, targets=parse_targets(["sm_90"]), keep_ptx=True)
+    assert _kernel_region_arches(out) == {"sm_90a", "compute_120"}
+
+
+@pytest.mark.parametrize("name", ["big", "embedded", "rdc", "relr", "managed", "sm90_debug"])
+def test_compaction_and_structure(fixture_libs: dict[str, Path], tmp_path: Path, name: str) -> None:
+    orig = fixture_libs[name]
+    out = tmp_path / orig.name
+    r = slim_library(orig, out, targets=parse_targets(["sm_90"]))
+    assert r.report.problems == []
+    assert out.stat().st_size == r.file_bytes_after
+    if name in ("big", "embedded"):
+        # ~2 MB of foreign-arch code leaves the file, not just zeroed.
+        assert r.holes >= 1 and r.loads_after == r.loads_before + r.holes
+        assert r.saved >= 0.95 * r.plan.removed_bytes - 2 * 4096 * r.holes
+    assert readelf_warnings(out) <= readelf_warnings(orig)
+    with open_elf(out) as elf:
+        layout = scan(elf)
+    assert our_listing(layout, (".nv_fatbin", "__nv_relfatbin")) == cuobjdump_listing(
+        out, include_rel=True
+    )
+    if name != "embedded":  # embedded resolves the driver at run time only
+        ctypes.CDLL(str(out))
+    # pyelftools reads every section and segment of the output
+    from elftools.elf.elffile import ELFFile
+
+    with open(out, "rb") as f:
+        ref = ELFFile(f)
+        assert sum(1 for _ in ref.iter_sections()) >= 1
+        assert sum(1 for s in ref.iter_segments() if s["p_type"] == "PT_LOAD") == r.loads_after
+
+
+def test_no_compact_keeps_size_and_zeroes(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    orig = fixture_libs["big"]
+    out = tmp_path / "zeroed.so"
+    r = slim_library(orig, out, targets=parse_targets(["sm_90"]), compact=False)
+    assert out.stat().st_size == orig.stat().st_size and r.holes == 0
+    assert r.report.problems == []
+    assert verify_pair(orig, out, targets=parse_targets(["sm_90"])).problems == []
+
+
+def test_verify_catches_a_changed_byte(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    orig = fixture_libs["big"]
+    out = tmp_path / "slim.so"
+    slim_library(orig, out, targets=parse_targets(["sm_90"]))
+    data = bytearray(out.read_bytes())
+    with open_elf(out) as elf:
+        text = next(s for s in elf.sections if s.name == ".text")
+        el = next(e for _, e in scan(elf).elements)
+    data[text.offset + 100] ^= 0xFF
+    bad = tmp_path / "bad.so"
+    bad.write_bytes(bytes(data))
+    problems = verify_pair(orig, bad, targets=parse_targets(["sm_90"])).problems
+    assert any("loaded bytes differ" in p for p in problems)
+    data[text.offset + 100] ^= 0xFF
+    data[el.payload_offset + 64] ^= 0x01
+    bad.write_bytes(bytes(data))
+    problems = verify_pair(orig, bad, targets=parse_targets(["sm_90"])).problems
+    assert any("changed" in p for p in problems)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_slim(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "libbig.so"
+    src.write_bytes(fixture_libs["big"].read_bytes())
+    os.chmod(src, 0o751)
+    before = _sha(src)
+    out = tmp_path / "out" / "libbig.so"
+    out.parent.mkdir()
+    assert main(["slim", str(src), "--arch", "H200", "-o", str(out), "--explain"]) == 0
+    text = capsys.readouterr().out
+    assert "remove elf  sm_80" in text and "keep   elf  sm_90" in text
+    assert "PT_LOAD       4 -> 5" in text and "verified" in text
+    assert _sha(src) == before
+    assert stat.S_IMODE(out.stat().st_mode) == 0o751
+    assert main(["slim", str(src), "--arch", "sm_90", "-o", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "slimwheel.slim" and doc["file_bytes"]["after"] == out.stat().st_size
+    assert doc["by_arch"]["sm_80"] == {"before": doc["by_arch"]["sm_80"]["before"], "after": 0}
+    assert main(["verify", str(src), str(out), "--arch", "sm_90"]) == 0
+    assert "ok (" in capsys.readouterr().out
+    assert main(["verify", str(src), str(out), "--arch", "sm_80"]) == 1
+    assert "sm_80" in capsys.readouterr().err
+
+
+def test_cli_in_place_never_writes_through_a_hard_link(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache.so"
+    cache.write_bytes(fixture_libs["big"].read_bytes())
+    env = tmp_path / "env.so"
+    os.link(cache, env)
+    before = _sha(cache)
+    assert main(["slim", str(env), "--arch", "sm_90", "--in-place", "-q"]) == 0
+    assert _sha(cache) == before, "the hard-linked original must stay untouched"
+    assert env.stat().st_ino != cache.stat().st_ino
+    assert env.stat().st_size < cache.stat().st_size
+    assert main(["slim", str(env), "--arch", "sm_90", "-o", str(env)]) == 2
+    assert "use --in-place" in capsys.readouterr().err
+
+
+def test_cli_bad_input_leaves_nothing(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = fixture_libs["big"].read_bytes()
+    bad = tmp_path / "libtrunc.so"
+    bad.write_bytes(data[: len(data) // 3])
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    assert main(["slim", str(bad), "--arch", "sm_90", "-o", str(outdir / "x.so")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "libtrunc.so" in err and "Traceback" not in err
+    assert list(outdir.iterdir()) == []
+    assert bad.read_bytes() == data[: len(data) // 3]
+    assert main(["slim", str(bad), "--arch", "sm_90"]) == 2  # no -o / --in-place
+    assert main(["slim", str(tmp_path / "missing.so"), "--arch", "sm_90", "-o", "x"]) == 2
