@@ -112,3 +112,15 @@ def test_plan_on_fixture(fixture_libs: dict[str, Path]) -> None:
     both = plan_layout(layout, parse_targets(["sm_90,B200"]))
     tu = max(both.regions, key=lambda rp: len(rp.decisions))
     assert {d.element.arch_name for d in tu.decisions if d.keep} == {"sm_90a", "sm_100f"}
+
+
+def test_native_asks_the_driver() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        with pytest.raises(ArchError, match="no NVIDIA driver"):
+            parse_targets(["native"])
+    else:
+        assert parse_targets(["native"])  # the GPUs of this machine
