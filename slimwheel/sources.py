@@ -32,12 +32,13 @@ class LibrarySource:
     size: int
     _path: str | None = None
     _wheel: str | None = None
+    _member: str | None = None
 
     @property
     def where(self) -> str:
         """How errors name this library: its path, or ``wheel:member``."""
         if self._wheel is not None:
-            return f"{self._wheel}:{self.name}"
+            return f"{self._wheel}:{self._member}"
         assert self._path is not None
         return self._path
 
@@ -46,7 +47,8 @@ class LibrarySource:
         if self._wheel is None:
             assert self._path is not None
             return nullcontext(self._path)
-        return _extract_member(self._wheel, self.name)
+        assert self._member is not None
+        return _extract_member(self._wheel, self._member)
 
 
 @contextmanager
@@ -71,7 +73,11 @@ def _wheel_libraries(wheel: str) -> list[LibrarySource]:
                 with zf.open(info) as f:
                     if f.read(4) != ELF_MAGIC:
                         continue
-                out.append(LibrarySource(info.filename, wheel, info.file_size, _wheel=wheel))
+                out.append(
+                    LibrarySource(
+                        info.filename, wheel, info.file_size, _wheel=wheel, _member=info.filename
+                    )
+                )
             return out
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise InputError(f"not a readable wheel ({exc})", path=wheel) from None
@@ -95,7 +101,9 @@ def _directory_libraries(root: str) -> list[LibrarySource]:
             rel = os.path.relpath(full, root)
             if fn.endswith(".whl") and os.path.isfile(full) and not os.path.islink(full):
                 out.extend(
-                    LibrarySource(f"{fn}!{s.name}", s.origin, s.size, _wheel=s._wheel)
+                    LibrarySource(
+                        f"{rel}!{s.name}", s.origin, s.size, _wheel=s._wheel, _member=s._member
+                    )
                     for s in _wheel_libraries(full)
                 )
             elif _is_library_file(full):

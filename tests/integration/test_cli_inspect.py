@@ -79,6 +79,14 @@ def test_wheel_and_directory(
         "demo/lib/libmany.so",
         "demo/lib/librdc.so",
     ]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wheel.rename(wheels / wheel.name)
+    doc = run_json(capsys, str(wheels))
+    assert [lib["name"] for lib in doc["libraries"]] == [  # type: ignore[index]
+        f"{wheel.name}!demo/lib/libmany.so",
+        f"{wheel.name}!demo/lib/librdc.so",
+    ]
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "libx.so").write_bytes(fixture_libs["relr"].read_bytes())
