@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .elf import ElfFile
+from .elf import SHT, ElfFile
 from .fatbin import (
     DEDICATED_SECTIONS,
     REGION_HEADER_SIZE,
@@ -145,6 +145,29 @@ def _pointer_patch(elf: ElfFile, w: Wrapper, new_target: int) -> Replacement:
     return Replacement(off, 8, (Piece.literal(_U64.pack(new_target)),))
 
 
+_SYM = struct.Struct("<IBBHQQ")
+
+
+def _symbol_patches(elf: ElfFile, moved: dict[int, int], sections: set[int]) -> list[Replacement]:
+    """Keep ``.symtab`` truthful: symbols at a moved region's start (nvcc's
+    local ``fatbinData``) follow it. Non-allocated, so the loaded image is
+    unaffected; debuggers and symbolizers see the right address."""
+    out = []
+    for symtab in elf.sections:
+        if symtab.type != SHT.SYMTAB or symtab.entsize != _SYM.size:
+            continue
+        elf.check_range(symtab.offset, symtab.size, f"{symtab.name} symbol table")
+        view = memoryview(elf.buf)[symtab.offset : symtab.offset + symtab.size]
+        try:
+            for i, (_n, _info, _other, shndx, value, _size) in enumerate(_SYM.iter_unpack(view)):
+                if shndx in sections and value in moved:
+                    at = symtab.offset + i * _SYM.size + 8
+                    out.append(Replacement(at, 8, (Piece.literal(_U64.pack(moved[value])),)))
+        finally:
+            view.release()
+    return out
+
+
 def edits_for(elf: ElfFile, layout: FatbinLayout, plan: Plan) -> Edit:
     """The byte edits that carry out ``plan`` on ``elf``."""
     edit = Edit()
@@ -190,6 +213,10 @@ def edits_for(elf: ElfFile, layout: FatbinLayout, plan: Plan) -> Edit:
             edit.zero_runs.append(ZeroRun(cursor, end, sec.index))
         edit.replacements.append(Replacement(sec.offset, sec.size, tuple(_coalesce(pieces))))
         edit.section_sizes[sec.index] = cursor - sec.offset
+
+    if edit.moved:
+        dedicated = {s.index for s in elf.sections if s.name in DEDICATED_SECTIONS}
+        edit.replacements += _symbol_patches(elf, edit.moved, dedicated)
 
     for rp in plan.regions:
         r = rp.region

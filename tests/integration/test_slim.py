@@ -190,3 +190,16 @@ def test_cli_bad_input_leaves_nothing(
     assert bad.read_bytes() == data[: len(data) // 3]
     assert main(["slim", str(bad), "--arch", "sm_90"]) == 2  # no -o / --in-place
     assert main(["slim", str(tmp_path / "missing.so"), "--arch", "sm_90", "-o", "x"]) == 2
+
+
+@pytest.mark.parametrize("name", ["many_none", "rdc", "big"])
+def test_symtab_follows_moved_regions(
+    fixture_libs: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    out = tmp_path / "slim.so"
+    slim_library(fixture_libs[name], out, targets=parse_targets(["sm_90"]))
+    with open_elf(out) as elf:
+        starts = {r.vaddr for r in scan(elf).regions}
+        symtab = next(s for s in elf.sections if s.name == ".symtab")
+        values = [s.value for s in elf.symbols(symtab) if s.name == "fatbinData"]
+    assert values and set(values) <= starts
