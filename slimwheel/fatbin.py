@@ -235,7 +235,7 @@ class FatbinLayout:
 
 def _parse_element(buf: Buffer, off: int, end: int, name: str) -> Element:
     if off + ELEMENT_MIN_HEADER > end:
-        raise FatbinError(f"element header at {off:#x} runs past its region", path=name)
+        raise FatbinError(f"fatbin element header at {off:#x} runs past its region", path=name)
     (
         kind,
         version,
@@ -252,7 +252,7 @@ def _parse_element(buf: Buffer, off: int, end: int, name: str) -> Element:
         _reserved,
         usize,
     ) = _ELEMENT.unpack_from(buf, off)
-    where = f"element at {off:#x}"
+    where = f"fatbin element at {off:#x}"
     if kind == 0:
         raise FatbinError(f"{where}: kind 0 (not an element)", path=name)
     if not ELEMENT_MIN_HEADER <= hsize <= ELEMENT_MAX_HEADER:
@@ -486,7 +486,7 @@ def scan(elf: ElfFile) -> FatbinLayout:
 
 def payload(buf: Buffer, el: Element, *, name: str, cap: int = MAX_UNCOMPRESSED) -> bytes:
     """The element's payload, decompressed, never larger than ``cap`` bytes."""
-    where = f"element at {el.offset:#x} ({el.arch_name})"
+    where = f"fatbin element at {el.offset:#x} ({el.arch_name})"
     comp = el.compression
     if comp is Compression.NONE:
         if el.payload_size > cap:

@@ -1,0 +1,189 @@
+"""``slimwheel build INPUT... --arch TARGET -o DIR``: slim, installable wheels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+from rich.table import Table
+
+from ..build import BuildOptions, WheelResult, build_wheels, default_label, download
+from ..errors import UsageError
+from ..store import Store
+from .inspect import human
+from .options import add_output_options, add_target_options, make_console, targets_from
+from .progress import byte_progress
+
+HELP = "turn wheels (or requirements pip fetches) into slim wheels for the given GPUs"
+
+
+def configure_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser("build", help=HELP, description=HELP + ".")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="wheel files, directories of wheels, or requirements (torch, torch==2.14.1)",
+    )
+    p.add_argument(
+        "-r",
+        "--requirement",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="requirements file for pip download (repeatable)",
+    )
+    add_target_options(p, required=True)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="where the wheels go")
+    p.add_argument(
+        "--deps",
+        action="store_true",
+        help="also fetch and slim the requirements' dependencies (pip download)",
+    )
+    label = p.add_mutually_exclusive_group()
+    label.add_argument(
+        "--local-label",
+        metavar="NAME",
+        help="local version label (default: the targets, e.g. sm90)",
+    )
+    label.add_argument("--no-local-label", action="store_true", help="keep the version as is")
+    pip = p.add_argument_group("passed to pip download")
+    pip.add_argument("--index-url", metavar="URL")
+    pip.add_argument("--extra-index-url", action="append", default=[], metavar="URL")
+    pip.add_argument("--find-links", action="append", default=[], metavar="URL")
+    pip.add_argument("--platform", action="append", default=[], metavar="PLATFORM")
+    pip.add_argument("--python-version", metavar="VERSION")
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="libraries slimmed in parallel (default: the machine's cores)",
+    )
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        help="store of slimmed libraries (default: $SLIMWHEEL_STORE or the user cache)",
+    )
+    add_output_options(p)
+    return p
+
+
+def _pip_args(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    if args.index_url:
+        out += ["--index-url", args.index_url]
+    for u in args.extra_index_url:
+        out += ["--extra-index-url", u]
+    for u in args.find_links:
+        out += ["--find-links", u]
+    for plat in args.platform:
+        out += ["--platform", plat]
+    if args.python_version:
+        out += ["--python-version", args.python_version]
+    for r in args.requirement:
+        out += ["-r", r]
+    return out
+
+
+def execute(args: argparse.Namespace) -> int:
+    targets = targets_from(args)
+    if not args.inputs and not args.requirement:
+        raise UsageError("nothing to build: give wheels, directories or requirements")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    label = (
+        None if args.no_local_label else (args.local_label or default_label(targets, args.keep_ptx))
+    )
+    opts = BuildOptions(targets=targets, keep_ptx=args.keep_ptx, label=label, jobs=args.jobs)
+    store = Store(args.store) if args.store else Store()
+    wheels: list[str] = []
+    requirements: list[str] = []
+    for item in args.inputs:
+        if os.path.isdir(item):
+            wheels += sorted(os.path.join(item, f) for f in os.listdir(item) if f.endswith(".whl"))
+        elif item.endswith(".whl") or os.path.exists(item):
+            if not os.path.isfile(item):
+                raise UsageError(f"{item}: no such wheel")
+            wheels.append(item)
+        else:
+            requirements.append(item)
+    with tempfile.TemporaryDirectory(prefix="slimwheel-download-") as tmp:
+        if requirements or args.requirement:
+            wheels += download(requirements, tmp, deps=args.deps, pip_args=_pip_args(args))
+        if not wheels:
+            raise UsageError("no wheels found in the inputs")
+        total = 0
+        for w in wheels:
+            total += os.path.getsize(w)
+        with byte_progress(total, enabled=not args.quiet) as advance:
+            results = build_wheels(
+                wheels, args.output, opts, store, progress=lambda name, n: advance(n, name)
+            )
+    if args.json:
+        json.dump(results_document(results, opts), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        print_table(results)
+    return 0
+
+
+def results_document(results: list[WheelResult], opts: BuildOptions) -> dict[str, Any]:
+    return {
+        "schema": "slimwheel.build",
+        "schema_version": 1,
+        "targets": [t.name for t in opts.targets],
+        "wheels": [
+            {
+                "source": os.path.basename(r.source),
+                "output": os.path.basename(r.output),
+                "passthrough": r.passthrough,
+                "wheel_bytes": {"before": r.wheel_bytes_before, "after": r.wheel_bytes_after},
+                "installed_bytes": {
+                    "before": r.installed_bytes_before,
+                    "after": r.installed_bytes_after,
+                },
+                "libraries_slimmed": sum(1 for lib in r.libraries if lib.has_code),
+                "libraries_built": sum(1 for lib in r.libraries if lib.built),
+            }
+            for r in results
+        ],
+    }
+
+
+def print_table(results: list[WheelResult]) -> None:
+    console = make_console()
+    t = Table(title="slim wheels", title_justify="left", show_footer=True)
+    wb = sum(r.wheel_bytes_before for r in results)
+    wa = sum(r.wheel_bytes_after for r in results)
+    ib = sum(r.installed_bytes_before for r in results)
+    ia = sum(r.installed_bytes_after for r in results)
+    t.add_column("wheel", footer=f"total ({len(results)} wheels)")
+    t.add_column("wheel before", justify="right", footer=human(wb))
+    t.add_column("wheel after", justify="right", footer=human(wa))
+    t.add_column("installed before", justify="right", footer=human(ib))
+    t.add_column("installed after", justify="right", footer=human(ia))
+    t.add_column("saved", justify="right", footer=f"{100 * (ia and (ib - ia) / ib):.1f}%")
+    for r in sorted(results, key=lambda r: -r.installed_bytes_before):
+        name = os.path.basename(r.output) + (
+            " (no device code, unchanged)" if r.passthrough else ""
+        )
+        saved = (
+            100
+            * (r.installed_bytes_before - r.installed_bytes_after)
+            / max(r.installed_bytes_before, 1)
+        )
+        t.add_row(
+            name,
+            human(r.wheel_bytes_before),
+            human(r.wheel_bytes_after),
+            human(r.installed_bytes_before),
+            human(r.installed_bytes_after),
+            f"{saved:.1f}%",
+        )
+    console.print(t)

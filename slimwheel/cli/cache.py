@@ -1,0 +1,44 @@
+"""``slimwheel cache info | list | prune --max-size SIZE | clear``: the store of slim libraries."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..store import Store
+from .inspect import human
+from .options import parse_size
+
+HELP = "show or trim the store of slimmed libraries"
+
+
+def configure_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser("cache", help=HELP, description=HELP + ".")
+    p.add_argument(
+        "--store", metavar="DIR", help="the store (default: $SLIMWHEEL_STORE or the user cache)"
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    actions.add_parser("info", help="where the store is and how big")
+    actions.add_parser("list", help="every entry")
+    prune = actions.add_parser("prune", help="remove least recently used entries")
+    prune.add_argument("--max-size", type=parse_size, required=True, metavar="SIZE")
+    actions.add_parser("clear", help="remove every entry")
+    return p
+
+
+def execute(args: argparse.Namespace) -> int:
+    store = Store(args.store) if args.store else Store()
+    if args.action == "info":
+        entries = store.entries()
+        print(f"store: {store.root}")
+        print(f"entries: {len(entries)}, {human(sum(e.size for e in entries))}")
+    elif args.action == "list":
+        for e in store.entries():
+            print(f"{e.key}  {human(e.size):>10}  sha256 {e.meta['sha256'][:16]}")
+    elif args.action == "prune":
+        removed = store.prune(args.max_size)
+        print(f"removed {len(removed)} entries ({human(sum(e.size for e in removed))})")
+    else:
+        print(f"removed {store.clear()} entries")
+    return 0

@@ -1,0 +1,331 @@
+"""``slimwheel build`` and the store: reproducible, installable slim wheels."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from slimwheel.arch import Target, can_run
+from slimwheel.cli import main
+from slimwheel.elf import open_elf
+from slimwheel.fatbin import scan
+from slimwheel.store import Store
+from tests.helpers import local_wheel
+
+SM90 = Target(9, 0)
+
+
+def _hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_wheel(
+    outdir: Path,
+    name: str,
+    version: str,
+    files: dict[str, bytes],
+    *,
+    tag: str = "py3-none-linux_x86_64",
+    lie: str | None = None,
+    symlink: str | None = None,
+) -> Path:
+    """A wheel as a build backend writes it (dist-info, METADATA, WHEEL, RECORD)."""
+    di = f"{name}-{version}.dist-info"
+    members = dict(files)
+    members[f"{di}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    )
+    members[f"{di}/WHEEL"] = (
+        f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: {tag}\n".encode()
+    )
+    rows = []
+    for path, data in members.items():
+        h = _hash(data)
+        if path == lie:
+            h = _hash(b"something else")
+        rows.append([path, h, str(len(data))])
+    rows.append([f"{di}/RECORD", "", ""])
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    members[f"{di}/RECORD"] = buf.getvalue().encode()
+    path = outdir / f"{name}-{version}-{tag}.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = 0o120777 << 16
+            zf.writestr(info, "target")
+    return path
+
+
+def test_two_libraries_and_python_files(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {
+        "demo/__init__.py": b"VALUE = 1\n",
+        "demo/data.txt": b"hello\n" * 100,
+        "demo/lib/libmany.so": fixture_libs["many_none"].read_bytes(),
+        "demo/lib/libbig.so": fixture_libs["big"].read_bytes(),
+        "demo/lib/libnocode.so": fixture_libs["sm80_only"].read_bytes()[:0]
+        + b"\x7fELF"
+        + b"\0" * 60,
+    }
+    del files["demo/lib/libnocode.so"]
+    wheel = make_wheel(tmp_path, "demo", "1.0", files)
+    out = tmp_path / "out"
+    store = tmp_path / "store"
+    assert (
+        main(
+            [
+                "build",
+                str(wheel),
+                "--arch",
+                "sm_90",
+                "-o",
+                str(out),
+                "--store",
+                str(store),
+                "-q",
+                "--jobs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    (built,) = out.iterdir()
+    assert built.name == "demo-1.0+sm90-py3-none-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(built) as b:
+        for name in ("demo/__init__.py", "demo/data.txt"):
+            ia, ib = a.getinfo(name), b.getinfo(name)
+            assert a.read(name) == b.read(name)
+            assert (ia.CRC, ia.compress_size, ia.compress_type) == (
+                ib.CRC,
+                ib.compress_size,
+                ib.compress_type,
+            )
+        assert len(b.read("demo/lib/libbig.so")) < len(a.read("demo/lib/libbig.so")) // 2
+        meta = b.read("demo-1.0+sm90.dist-info/METADATA").decode()
+        assert "Version: 1.0+sm90" in meta
+        prov = json.loads(b.read("demo-1.0+sm90.dist-info/slimwheel.json"))
+        assert {lib["path"] for lib in prov["libraries"]} == {
+            "demo/lib/libmany.so",
+            "demo/lib/libbig.so",
+        }
+        assert prov["targets"] == ["sm_90"]
+        names = b.namelist()
+        assert names[-1] == "demo-1.0+sm90.dist-info/RECORD"
+        assert names == sorted(names[:3]) + names[3:]
+    assert len(Store(store).entries()) == 2
+
+
+def test_version_labels(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    wheel = make_wheel(
+        tmp_path,
+        "gpu_pkg",
+        "2.5.1+cu124",
+        {"gpu_pkg/lib.so": fixture_libs["many_size"].read_bytes()},
+    )
+    for extra, expected in (
+        ([], "gpu_pkg-2.5.1+cu124.sm80.sm90-"),
+        (["--local-label", "h100"], "gpu_pkg-2.5.1+cu124.h100-"),
+        (["--no-local-label"], "gpu_pkg-2.5.1+cu124-"),
+    ):
+        out = tmp_path / f"out{len(extra)}{expected[-6:]}"
+        assert (
+            main(
+                [
+                    "build",
+                    str(wheel),
+                    "--arch",
+                    "sm_80,sm_90",
+                    "-o",
+                    str(out),
+                    "-q",
+                    "--store",
+                    str(tmp_path / "s"),
+                    *extra,
+                ]
+            )
+            == 0
+        )
+        (built,) = out.iterdir()
+        assert built.name.startswith(expected), built.name
+
+
+def test_store_entry_that_lies_is_rebuilt(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path, "demo", "1.0", {"demo/lib.so": fixture_libs["big"].read_bytes()})
+    store = tmp_path / "store"
+    args = ["build", str(wheel), "--arch", "sm_90", "--store", str(store), "-q", "-j", "1"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    (entry,) = Store(store).entries()
+    data = bytearray(entry.path.read_bytes())
+    data[-1] ^= 0xFF
+    entry.path.write_bytes(bytes(data))
+    assert main([*args, "-o", str(tmp_path / "b")]) == 0
+    a = next((tmp_path / "a").iterdir()).read_bytes()
+    b = next((tmp_path / "b").iterdir()).read_bytes()
+    assert a == b
+    (entry2,) = Store(store).entries()
+    assert entry2.path.read_bytes() != bytes(data)
+    assert main(["cache", "--store", str(store), "info"]) == 0
+    assert main(["cache", "--store", str(store), "prune", "--max-size", "0"]) == 0
+    assert Store(store).entries() == []
+
+
+def test_concurrent_builds_share_one_entry(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path, "demo", "1.0", {"demo/lib.so": fixture_libs["big"].read_bytes()})
+    store = tmp_path / "store"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "slimwheel",
+                "build",
+                str(wheel),
+                "--arch",
+                "sm_90",
+                "-q",
+                "--store",
+                str(store),
+                "-o",
+                str(tmp_path / f"out{i}"),
+            ],
+            stderr=subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    outs = [next((tmp_path / f"out{i}").iterdir()).read_bytes() for i in range(2)]
+    assert outs[0] == outs[1]
+    assert len(Store(store).entries()) == 1
+    assert list((store / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("dotdot", "escapes the install directory"),
+        ("absolute", "absolute"),
+        ("symlink", "symbolic link"),
+        ("lying_record", "RECORD hash or size does not match"),
+        ("truncated", "not a readable zip"),
+        ("corrupt_fatbin", "fatbin"),
+    ],
+)
+def test_hostile_wheels(
+    fixture_libs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    message: str,
+) -> None:
+    lib = fixture_libs["many_none"].read_bytes()
+    files = {"demo/lib.so": lib, "demo/__init__.py": b""}
+    if kind == "dotdot":
+        wheel = make_wheel(tmp_path, "demo", "1.0", {**files, "demo/../../evil.py": b""})
+    elif kind == "absolute":
+        wheel = make_wheel(tmp_path, "demo", "1.0", {**files, "/etc/evil": b""})
+    elif kind == "symlink":
+        wheel = make_wheel(tmp_path, "demo", "1.0", files, symlink="demo/link")
+    elif kind == "lying_record":
+        wheel = make_wheel(tmp_path, "demo", "1.0", files, lie="demo/__init__.py")
+    elif kind == "truncated":
+        wheel = make_wheel(tmp_path, "demo", "1.0", files)
+        wheel.write_bytes(wheel.read_bytes()[:5000])
+    else:
+        data = bytearray(lib)
+        start = data.find(b"\x50\xed\x55\xba")
+        data[start + 16 : start + 24] = b"\xff" * 8
+        wheel = make_wheel(tmp_path, "demo", "1.0", {**files, "demo/lib.so": bytes(data)})
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "build",
+            str(wheel),
+            "--arch",
+            "sm_90",
+            "-o",
+            str(out),
+            "-q",
+            "--store",
+            str(tmp_path / "store"),
+            "-j",
+            "1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert wheel.name in err and message in err
+    if kind == "corrupt_fatbin":
+        assert "demo/lib.so" in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_curand_wheel(tmp_path: Path) -> None:
+    wheel = local_wheel("nvidia-curand==10.4.0.35")
+    outs = []
+    for i, store in enumerate(("s1", "s2", "s1")):
+        out = tmp_path / f"out{i}"
+        assert (
+            main(
+                [
+                    "build",
+                    str(wheel),
+                    "--arch",
+                    "sm_90",
+                    "-o",
+                    str(out),
+                    "-q",
+                    "--store",
+                    str(tmp_path / store),
+                ]
+            )
+            == 0
+        )
+        outs.append(next(out.iterdir()))
+    assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
+    assert outs[0].name == "nvidia_curand-10.4.0.35+sm90-py3-none-manylinux_2_27_x86_64.whl"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(outs[0])], check=True
+    )
+    check = subprocess.run([str(py), "-m", "pip", "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    record = site / "nvidia_curand-10.4.0.35+sm90.dist-info" / "RECORD"
+    lib = None
+    for path, h, _size in csv.reader(record.read_text().splitlines()):
+        if h:
+            assert _hash((site / path).read_bytes()) == h, path
+        if path.endswith("libcurand.so.10"):
+            lib = site / path
+    assert lib is not None
+    with open_elf(lib) as elf:
+        elements = [e for _, e in scan(elf).elements]
+    assert elements and all(can_run(e, SM90) for e in elements)
+    assert os.path.getsize(lib) < 60_000_000
