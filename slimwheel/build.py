@@ -10,6 +10,7 @@ through unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,43 +296,79 @@ def build_wheels(
     *,
     progress: Progress | None = None,
 ) -> list[WheelResult]:
-    """Build every wheel. Everything is validated before anything is written."""
-    infos: list[WheelInfo] = []
-    problems: list[str] = []
-    for w in wheels:
-        try:
-            infos.append(open_wheel(w))
-        except SlimwheelError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise InputError(" | ".join(problems))
-    os.makedirs(outdir, exist_ok=True)
-    jobs = [(info, m) for info in infos for m in _elf_members(info)]
-    outcomes: dict[tuple[str, str], LibraryOutcome] = {}
-    args = [(i.path, m, str(store.root), opts.targets, opts.keep_ptx) for i, m in jobs]
-    if opts.jobs > 1 and len(jobs) > 1:
-        import multiprocessing
+    """Build every wheel. Everything is validated before anything is written.
 
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=opts.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_slim_member, *a) for a in args]
-            for (info, m), fut in zip(jobs, futures, strict=True):
-                outcomes[(info.path, m)] = fut.result()
-                if progress:
-                    progress(m, outcomes[(info.path, m)].bytes_before)
-    else:
-        for (info, m), a in zip(jobs, args, strict=True):
-            outcomes[(info.path, m)] = _slim_member(*a)
+    Three phases, each spread over ``opts.jobs`` processes: validate the input
+    wheels (every RECORD hash), slim their libraries through the store, and
+    write the output wheels.
+    """
+    with _pool(opts.jobs) as run:
+        infos: list[WheelInfo] = []
+        problems: list[str] = []
+        for got in run(open_wheel, [(w,) for w in wheels]):
+            if isinstance(got, SlimwheelError):
+                problems.append(str(got))
+            else:
+                infos.append(got)
+        if problems:
+            raise InputError(" | ".join(problems))
+        os.makedirs(outdir, exist_ok=True)
+        jobs = [(info, m) for info in infos for m in _elf_members(info)]
+        args = [(i.path, m, str(store.root), opts.targets, opts.keep_ptx) for i, m in jobs]
+        outcomes: dict[tuple[str, str], LibraryOutcome] = {}
+        for (info, m), got in zip(jobs, run(_slim_member, args), strict=True):
+            if isinstance(got, SlimwheelError):
+                raise got
+            outcomes[(info.path, m)] = got
             if progress:
-                progress(m, outcomes[(info.path, m)].bytes_before)
-    results = []
-    for info in infos:
-        libs = [o for (p, _m), o in outcomes.items() if p == info.path]
-        if any(lib.has_code for lib in libs):
-            results.append(assemble(info, opts, libs, outdir))
-        else:
-            results.append(_passthrough(info, libs, outdir))
-    return results
+                progress(m, got.bytes_before)
+        per_wheel = [[o for (p, _m), o in outcomes.items() if p == info.path] for info in infos]
+        todo = [
+            (info, opts, libs, outdir)
+            for info, libs in zip(infos, per_wheel, strict=True)
+            if any(lib.has_code for lib in libs)
+        ]
+        built = iter(run(assemble, todo))
+        results = []
+        for info, libs in zip(infos, per_wheel, strict=True):
+            if any(lib.has_code for lib in libs):
+                got = next(built)
+                if isinstance(got, SlimwheelError):
+                    raise got
+                results.append(got)
+            else:
+                results.append(_passthrough(info, libs, outdir))
+        return results
+
+
+@contextlib.contextmanager
+def _pool(jobs: int) -> Iterator[Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]]:
+    """``run(fn, argument tuples)`` -> results in order; a SlimwheelError is
+    returned in its result's place (so every problem can be reported)."""
+
+    call = _call_in_worker
+    if jobs <= 1:
+        yield lambda fn, argv: [call(fn, a) for a in argv]
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+
+        def run(fn: Callable[..., Any], argv: list[tuple[Any, ...]]) -> list[Any]:
+            if len(argv) <= 1:
+                return [call(fn, a) for a in argv]
+            futures = [pool.submit(_call_in_worker, fn, a) for a in argv]
+            return [f.result() for f in futures]
+
+        yield run
+
+
+def _call_in_worker(fn: Callable[..., Any], a: tuple[Any, ...]) -> Any:
+    try:
+        return fn(*a)
+    except SlimwheelError as exc:
+        return exc
 
 
 def download(

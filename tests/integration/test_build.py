@@ -13,6 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from slimwheel.arch import Target, can_run
@@ -118,6 +119,8 @@ def test_two_libraries_and_python_files(
         meta = b.read("demo-1.0+sm90.dist-info/METADATA").decode()
         assert "Version: 1.0+sm90" in meta
         prov = json.loads(b.read("demo-1.0+sm90.dist-info/slimwheel.json"))
+        schema = Path(__file__).resolve().parents[2] / "slimwheel/schemas/provenance.schema.json"
+        jsonschema.validate(prov, json.loads(schema.read_text()))
         assert {lib["path"] for lib in prov["libraries"]} == {
             "demo/lib/libmany.so",
             "demo/lib/libbig.so",

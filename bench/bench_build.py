@@ -1,0 +1,120 @@
+"""Cold and warm ``slimwheel build`` of the torch 2.14.1 stack, and the sizes it reaches.
+
+    .venv/bin/python bench/bench_build.py [--arch sm_90]
+
+The stack is torch 2.14.1 and its nvidia-* dependency wheels (pip download
+--deps from the configured index; cached under .cache/). A cold build uses an
+empty store; a warm build repeats it with every library in the store. Targets
+(issue 4): cold at most 4 minutes and 1 GB peak RSS per process, warm at most
+60 s; the stack's installed library bytes at least 37% smaller, its wheel
+bytes at least 45% smaller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.helpers import CACHE
+
+PROBE = (
+    "import resource, subprocess, sys, time;"
+    "t = time.monotonic();"
+    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode;"
+    "print(rc, time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
+)
+
+
+def stack_wheels() -> list[Path]:
+    dest = CACHE / "wheels" / "stack-deps"
+    dest.mkdir(parents=True, exist_ok=True)
+    if not any(dest.glob("torch-*.whl")):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--only-binary=:all:",
+                "-d",
+                str(dest),
+                "torch==2.14.1",
+            ],
+            check=True,
+        )
+    return sorted(p for p in dest.glob("*.whl") if p.name.startswith(("torch-", "nvidia_")))
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *cmd], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if out[0] != "0":
+        raise SystemExit(f"build failed ({out[0]})")
+    return float(out[1]), float(out[2])
+
+
+def lib_bytes(wheel: Path) -> int:
+    with zipfile.ZipFile(wheel) as zf:
+        return sum(i.file_size for i in zf.infolist() if ".so" in Path(i.filename).name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--arch", default="sm_90")
+    args = ap.parse_args()
+    wheels = stack_wheels()
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        store = Path(tmp) / "store"
+        base = [
+            sys.executable,
+            "-m",
+            "slimwheel",
+            "build",
+            *map(str, wheels),
+            "--arch",
+            args.arch,
+            "--store",
+            str(store),
+            "-q",
+        ]
+        cold_t, cold_rss = timed([*base, "-o", str(Path(tmp) / "cold")])
+        warm_t, warm_rss = timed([*base, "-o", str(Path(tmp) / "warm")])
+        cold = sorted((Path(tmp) / "cold").iterdir())
+        warm = sorted((Path(tmp) / "warm").iterdir())
+        identical = [a.read_bytes() == b.read_bytes() for a, b in zip(cold, warm, strict=True)]
+        print(
+            f"{len(wheels)} wheels (torch + nvidia-*), --arch {args.arch}, {os.cpu_count()} cores"
+        )
+        print(f"cold build: {cold_t:6.1f} s, peak RSS {cold_rss:.0f} MB (targets 240 s, 1024 MB)")
+        print(
+            f"warm build: {warm_t:6.1f} s, peak RSS {warm_rss:.0f} MB (target 60 s); "
+            f"outputs identical to cold: {all(identical)}"
+        )
+        print(f"\n{'wheel':<62} {'wheel MB':>17} {'libraries MB':>17}")
+        tw = tw2 = tl = tl2 = 0
+        by_name = {w.name.split("-")[0]: w for w in wheels}
+        for out in cold:
+            src = by_name[out.name.split("-")[0]]
+            w1, w2 = src.stat().st_size, out.stat().st_size
+            l1, l2 = lib_bytes(src), lib_bytes(out)
+            tw, tw2, tl, tl2 = tw + w1, tw2 + w2, tl + l1, tl2 + l2
+            sizes = f"{w1 / 1e6:8.1f}->{w2 / 1e6:7.1f} {l1 / 1e6:8.1f}->{l2 / 1e6:7.1f}"
+            print(f"{out.name[:62]:<62} {sizes}")
+        print(f"{'total':<62} {tw / 1e6:8.1f}->{tw2 / 1e6:7.1f} {tl / 1e6:8.1f}->{tl2 / 1e6:7.1f}")
+        print(
+            f"wheel bytes -{100 * (tw - tw2) / tw:.1f}% (target 45%), "
+            f"installed library bytes -{100 * (tl - tl2) / tl:.1f}% (target 37%)"
+        )
+
+
+if __name__ == "__main__":
+    main()
