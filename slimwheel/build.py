@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import __version__
 from .arch import Target
@@ -285,7 +285,12 @@ def _passthrough(info: WheelInfo, libs: list[LibraryOutcome], outdir: str) -> Wh
 # -- the whole build --------------------------------------------------------
 
 
-Progress = Callable[[str, int], None]
+class Progress(Protocol):
+    """Told how many library bytes each wheel holds, then as each library is done."""
+
+    def start(self, wheel: str, total: int) -> None: ...
+
+    def advance(self, wheel: str, member: str, nbytes: int) -> None: ...
 
 
 def build_wheels(
@@ -312,8 +317,13 @@ def build_wheels(
                 infos.append(got)
         if problems:
             raise InputError(" | ".join(problems))
+        infos = _unique(infos)
         os.makedirs(outdir, exist_ok=True)
         jobs = [(info, m) for info in infos for m in _elf_members(info)]
+        if progress:
+            for info in infos:
+                sizes = {m.filename: m.file_size for m in info.members}
+                progress.start(info.path, sum(sizes[m] for i, m in jobs if i is info))
         args = [(i.path, m, str(store.root), opts.targets, opts.keep_ptx) for i, m in jobs]
         outcomes: dict[tuple[str, str], LibraryOutcome] = {}
         for (info, m), got in zip(jobs, run(_slim_member, args), strict=True):
@@ -321,7 +331,7 @@ def build_wheels(
                 raise got
             outcomes[(info.path, m)] = got
             if progress:
-                progress(m, got.bytes_before)
+                progress.advance(info.path, m, got.bytes_before)
         per_wheel = [[o for (p, _m), o in outcomes.items() if p == info.path] for info in infos]
         todo = [
             (info, opts, libs, outdir)
@@ -339,6 +349,21 @@ def build_wheels(
             else:
                 results.append(_passthrough(info, libs, outdir))
         return results
+
+
+def _unique(infos: list[WheelInfo]) -> list[WheelInfo]:
+    """One input per wheel file name: the same file twice is built once; two
+    different files of one name would write one output, so they are refused."""
+    by_name: dict[str, WheelInfo] = {}
+    for info in infos:
+        seen = by_name.get(info.filename)
+        if seen is None:
+            by_name[info.filename] = info
+        elif file_sha256(seen.path) != file_sha256(info.path):
+            raise InputError(
+                f"two different wheels named {info.filename}: {seen.path} and {info.path}"
+            )
+    return list(by_name.values())
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..store import Store
 from .inspect import human
 from .options import add_output_options, add_target_options, make_console, targets_from
-from .progress import byte_progress
+from .progress import wheel_progress
 
 HELP = "turn wheels (or requirements pip fetches) into slim wheels for the given GPUs"
 
@@ -118,13 +118,8 @@ def execute(args: argparse.Namespace) -> int:
             wheels += download(requirements, tmp, deps=args.deps, pip_args=_pip_args(args))
         if not wheels:
             raise UsageError("no wheels found in the inputs")
-        total = 0
-        for w in wheels:
-            total += os.path.getsize(w)
-        with byte_progress(total, enabled=not args.quiet) as advance:
-            results = build_wheels(
-                wheels, args.output, opts, store, progress=lambda name, n: advance(n, name)
-            )
+        with wheel_progress(enabled=not args.quiet) as progress:
+            results = build_wheels(wheels, args.output, opts, store, progress=progress)
     if args.json:
         json.dump(results_document(results, opts), sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -332,3 +332,89 @@ def test_curand_wheel(tmp_path: Path) -> None:
         elements = [e for _, e in scan(elf).elements]
     assert elements and all(can_run(e, SM90) for e in elements)
     assert os.path.getsize(lib) < 60_000_000
+
+
+def test_same_name_different_content_is_refused(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    w1 = make_wheel(
+        tmp_path / "a", "demo", "1.0", {"demo/lib.so": fixture_libs["big"].read_bytes()}
+    )
+    w2 = make_wheel(tmp_path / "b", "demo", "1.0", {"demo/x.py": b"other"})
+    out = tmp_path / "out"
+    args = ["build", "--arch", "sm_90", "-o", str(out), "-q", "--store", str(tmp_path / "s")]
+    assert main([*args, str(w1), str(w2)]) == 1
+    assert "two different wheels named" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+    assert main([*args, str(w1), str(w1)]) == 0
+    assert len(list(out.iterdir())) == 1
+
+
+def test_source_date_epoch(
+    fixture_libs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel = make_wheel(tmp_path, "demo", "1.0", {"demo/lib.so": fixture_libs["big"].read_bytes()})
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "build",
+                str(wheel),
+                "--arch",
+                "sm_90",
+                "-o",
+                str(out),
+                "-q",
+                "--store",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
+    with zipfile.ZipFile(next(out.iterdir())) as zf:
+        assert {i.date_time for i in zf.infolist()} == {(2023, 11, 14, 22, 13, 20)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.8, 1.6, 2.4])
+def test_interrupt_leaves_nothing_half_written(tmp_path: Path, delay: float) -> None:
+    import signal
+    import time
+
+    wheel = local_wheel("nvidia-curand==10.4.0.35")
+    out, store = tmp_path / "out", tmp_path / "store"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "slimwheel",
+            "build",
+            str(wheel),
+            "--arch",
+            "sm_90",
+            "-q",
+            "-j",
+            "2",
+            "-o",
+            str(out),
+            "--store",
+            str(store),
+        ],
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group
+    proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130, -signal.SIGINT)
+    leftovers = [p.name for p in out.iterdir()] if out.exists() else []
+    assert all(n.endswith(".whl") for n in leftovers), leftovers
+    for w in leftovers:  # a wheel that is there is whole
+        with zipfile.ZipFile(out / w) as zf:
+            assert zf.testzip() is None
+    assert not (store / "tmp").exists() or list((store / "tmp").iterdir()) == []
+    for entry in Store(store).entries():
+        assert Store(store).lookup(entry.key) is not None  # hash still matches
