@@ -11,8 +11,10 @@ through unchanged.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -30,6 +32,7 @@ from .arch import Target
 from .elf import ELF_MAGIC, ElfFile, map_file
 from .errors import InputError, SlimwheelError
 from .fatbin import scan
+from .profile import Profile
 from .slim import slim_library
 from .store import Store, entry_key, file_sha256
 from .wheel import (
@@ -57,6 +60,15 @@ class BuildOptions:
     keep_ptx: bool = False
     label: str | None = None  # local version label; None keeps the version
     jobs: int = 1
+    profile: Profile | None = None
+    profile_by_name: bool = False
+
+    @property
+    def profile_digest(self) -> str | None:
+        if self.profile is None:
+            return None
+        doc = json.dumps(self.profile.to_json()["libraries"], sort_keys=True)
+        return hashlib.sha256(doc.encode()).hexdigest()
 
 
 def default_label(targets: Sequence[Target], keep_ptx: bool) -> str:
@@ -96,9 +108,7 @@ class WheelResult:
 # -- one library (runs in a worker process) ---------------------------------
 
 
-def _slim_member(
-    wheel: str, member: str, store_root: str, targets: tuple[Target, ...], keep_ptx: bool
-) -> LibraryOutcome:
+def _slim_member(wheel: str, member: str, store_root: str, opts: BuildOptions) -> LibraryOutcome:
     store = Store(store_root)
     with tempfile.TemporaryDirectory(prefix="lib-", dir=store.root / "tmp") as tmp:
         src = os.path.join(tmp, "orig")
@@ -119,10 +129,22 @@ def _slim_member(
             raise exc.with_path(where) from None
         if not layout.regions:
             return LibraryOutcome(member, sha, size, has_code=False)
-        key = entry_key(sha, targets=[t.name for t in targets], keep_ptx=keep_ptx)
+        usage = None
+        if opts.profile is not None:
+            usage = opts.profile.for_library(
+                sha, posixpath.basename(member), by_name=opts.profile_by_name
+            )
+        key = entry_key(
+            sha,
+            targets=[t.name for t in opts.targets],
+            keep_ptx=opts.keep_ptx,
+            profile_digest=usage.digest() if usage else None,
+        )
 
         def build(dest: Path) -> dict[str, Any]:
-            r = slim_library(src, dest, targets=targets, keep_ptx=keep_ptx, name=where)
+            r = slim_library(
+                src, dest, targets=opts.targets, keep_ptx=opts.keep_ptx, name=where, usage=usage
+            )
             return {
                 "elements_before": r.plan.kept_elements + r.plan.removed_elements,
                 "elements_after": r.plan.kept_elements,
@@ -181,7 +203,7 @@ def _provenance(
         "source": {"wheel": info.filename, "sha256": source_sha},
         "targets": [t.name for t in opts.targets],
         "ptx_policy": "keep-newest" if opts.keep_ptx else "only-when-needed",
-        "profile_digest": None,
+        "profile_digest": opts.profile_digest,
         "libraries": [
             {
                 "path": lib.member,
@@ -324,7 +346,7 @@ def build_wheels(
             for info in infos:
                 sizes = {m.filename: m.file_size for m in info.members}
                 progress.start(info.path, sum(sizes[m] for i, m in jobs if i is info))
-        args = [(i.path, m, str(store.root), opts.targets, opts.keep_ptx) for i, m in jobs]
+        args = [(i.path, m, str(store.root), opts) for i, m in jobs]
         outcomes: dict[tuple[str, str], LibraryOutcome] = {}
         for (info, m), got in zip(jobs, run(_slim_member, args), strict=True):
             if isinstance(got, SlimwheelError):

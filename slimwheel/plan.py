@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .arch import Target, can_run, driver_choice, split_arch
+from .cubin import ModuleSymbols
 from .fatbin import Element, FatbinLayout, Region, Variant
 
 
@@ -24,6 +25,7 @@ class Reason(enum.Enum):
     SUPERSEDED = "superseded"  # a target could run it, but the driver loads another element
     PTX_NOT_NEEDED = "ptx-not-needed"  # PTX where every target gets a cubin
     SECTION_LEFT_ALONE = "section-left-alone"  # its section is not slimmed in this library
+    NOT_USED = "not-used"  # the profile never launched its kernels nor touched its variables
 
     @property
     def keeps(self) -> bool:
@@ -47,6 +49,7 @@ _REASON_TEXT = {
     Reason.SUPERSEDED: "superseded: the driver loads another element instead",
     Reason.PTX_NOT_NEEDED: "PTX not needed: a cubin is loaded instead",
     Reason.SECTION_LEFT_ALONE: "kept: its section is left alone in this library",
+    Reason.NOT_USED: "not used by the profile: none of its kernels or variables",
 }
 
 
@@ -169,3 +172,37 @@ def plan_layout(
         ),
         tuple(sorted((s, why) for s, why in leave.items() if s in present)),
     )
+
+
+def apply_usage(
+    plan: Plan,
+    kernels: frozenset[str],
+    variables: frozenset[str],
+    symbols: Mapping[int, ModuleSymbols | None],
+) -> Plan:
+    """Among the elements the arch selection keeps, drop those the profile never used.
+
+    An element stays when one of its kernels was launched or one of its
+    variables touched, or when it has managed variables (its module loads
+    eagerly). LTO-IR and sections left alone are not judged by usage.
+    """
+    regions = []
+    for rp in plan.regions:
+        decisions = []
+        for d in rp.decisions:
+            if d.reason in (Reason.LOADED, Reason.KEEP_PTX):
+                syms = symbols.get(d.element.offset)
+                # Nothing to judge by (unknown kind; or no kernels and no
+                # variables, like nvcc's device-link stub): kept.
+                used = (
+                    syms is None
+                    or not (syms.kernels or syms.variables)
+                    or syms.has_managed
+                    or bool(kernels.intersection(syms.kernels))
+                    or any(v.name in variables for v in syms.variables)
+                )
+                if not used:
+                    d = Decision(d.element, Reason.NOT_USED, d.targets)
+            decisions.append(d)
+        regions.append(RegionPlan(rp.region, tuple(decisions)))
+    return Plan(plan.targets, plan.keep_ptx, tuple(regions), plan.left_alone)

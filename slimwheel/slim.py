@@ -14,11 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .arch import Target
-from .elf import ElfFile, map_file
+from .cubin import read_element
+from .elf import Buffer, ElfFile, map_file
 from .errors import InputError, SlimwheelError
 from .fatbin import FatbinLayout, scan
 from .layout import DEFAULT_MIN_HOLE, plan_output
-from .plan import Plan, plan_layout
+from .plan import Plan, Reason, apply_usage, plan_layout
+from .profile import LibraryUsage
 from .rewrite import edits_for
 from .verify import VerifyError, VerifyReport, verify
 from .write import atomic_output, write_pieces
@@ -46,6 +48,11 @@ class SlimResult:
     def saved(self) -> int:
         return self.file_bytes_before - self.file_bytes_after
 
+    @property
+    def unused_bytes(self) -> int:
+        """Removed because the profile never used them (beyond arch selection)."""
+        return sum(d.element.size for d in self.plan.decisions if d.reason is Reason.NOT_USED)
+
 
 def _by_arch(layout: FatbinLayout, keep: set[int] | None = None) -> dict[str, int]:
     c: Counter[str] = Counter()
@@ -65,6 +72,7 @@ def slim_library(
     min_hole: int = DEFAULT_MIN_HOLE,
     leave: Mapping[str, str] | None = None,
     name: str | None = None,
+    usage: LibraryUsage | None = None,
 ) -> SlimResult:
     """Write ``dest``: ``src`` with only what ``targets`` load. ``dest`` may be ``src``."""
     label = name or os.fspath(src)
@@ -76,6 +84,8 @@ def slim_library(
             elf = ElfFile(buf, label)
             layout = scan(elf)
             plan = plan_layout(layout, targets, keep_ptx=keep_ptx, leave=leave)
+            if usage is not None:
+                plan = _apply_profile(buf, label, plan, usage)
             edit = edits_for(elf, layout, plan)
             out = plan_output(elf, edit, compact=compact, min_hole=min_hole)
             with atomic_output(dest, mode=mode) as f:
@@ -113,6 +123,15 @@ def slim_library(
             )
     except SlimwheelError as exc:
         raise exc.with_path(label) from None
+
+
+def _apply_profile(buf: Buffer, label: str, plan: Plan, usage: LibraryUsage) -> Plan:
+    symbols = {
+        d.element.offset: read_element(buf, d.element, name=label)
+        for d in plan.decisions
+        if d.reason in (Reason.LOADED, Reason.KEEP_PTX)
+    }
+    return apply_usage(plan, frozenset(usage.kernels), frozenset(usage.variables), symbols)
 
 
 def verify_pair(

@@ -22,7 +22,7 @@ from .arch import Target, driver_choice
 from .elf import PT, SHT, ElfFile, Segment, release
 from .errors import SlimwheelError
 from .fatbin import DEDICATED_SECTIONS, Element, FatbinLayout, Region, scan
-from .plan import Plan
+from .plan import Plan, Reason
 
 _CHUNK = 8 << 20
 _ZERO = bytes(_CHUNK)
@@ -211,8 +211,13 @@ def _check_regions(
             if _element_bytes(orig, e) != _element_bytes(slim, se):
                 report.fail(f"region at {r.vaddr:#x}: element {e.arch_name} changed")
             report.kept_elements += 1
+        reasons = {d.element.offset: d.reason for d in rp.decisions}
         for t in targets:
-            before = [_element_bytes(orig, e) for e in driver_choice(r.elements, t)]
+            # What the driver loads here must stay, unless the profile says it is unused.
+            for e in driver_choice(r.elements, t):
+                if not reasons[e.offset].keeps and reasons[e.offset] is not Reason.NOT_USED:
+                    report.fail(f"region at {r.vaddr:#x}: the plan drops what {t} loads")
+            before = [_element_bytes(orig, e) for e in driver_choice(kept, t)]
             after = [_element_bytes(slim, e) for e in driver_choice(sr.elements, t)]
             if before != after:
                 report.fail(f"region at {r.vaddr:#x}: {t} would load another element")

@@ -15,10 +15,11 @@ from ..errors import SlimwheelError, UsageError
 from . import build as build_cmd
 from . import cache as cache_cmd
 from . import inspect as inspect_cmd
+from . import profile as profile_cmd
 from . import slim as slim_cmd
 from . import verify as verify_cmd
 
-SUBCOMMANDS = (inspect_cmd, slim_cmd, verify_cmd, build_cmd, cache_cmd)
+SUBCOMMANDS = (inspect_cmd, slim_cmd, verify_cmd, build_cmd, cache_cmd, profile_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

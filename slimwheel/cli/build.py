@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 from rich.table import Table
@@ -15,7 +16,14 @@ from ..build import BuildOptions, WheelResult, build_wheels, default_label, down
 from ..errors import UsageError
 from ..store import Store
 from .inspect import human
-from .options import add_output_options, add_target_options, make_console, targets_from
+from .options import (
+    add_output_options,
+    add_profile_options,
+    add_target_options,
+    make_console,
+    profile_from,
+    targets_from,
+)
 from .progress import wheel_progress
 
 HELP = "turn wheels (or requirements pip fetches) into slim wheels for the given GPUs"
@@ -38,6 +46,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         help="requirements file for pip download (repeatable)",
     )
     add_target_options(p, required=True)
+    add_profile_options(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="where the wheels go")
     p.add_argument(
         "--deps",
@@ -97,10 +106,21 @@ def execute(args: argparse.Namespace) -> int:
         raise UsageError("nothing to build: give wheels, directories or requirements")
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    label = (
-        None if args.no_local_label else (args.local_label or default_label(targets, args.keep_ptx))
+    profile = profile_from(args)
+    label = None
+    if not args.no_local_label:
+        label = args.local_label or default_label(targets, args.keep_ptx)
+    opts = BuildOptions(
+        targets=targets,
+        keep_ptx=args.keep_ptx,
+        label=label,
+        jobs=args.jobs,
+        profile=profile,
+        profile_by_name=args.profile_match == "name",
     )
-    opts = BuildOptions(targets=targets, keep_ptx=args.keep_ptx, label=label, jobs=args.jobs)
+    if opts.profile_digest and not args.local_label and label:
+        # A profile-slimmed build is another build: say so in the version.
+        opts = replace(opts, label=f"{label}.p{opts.profile_digest[:8]}")
     store = Store(args.store) if args.store else Store()
     wheels: list[str] = []
     requirements: list[str] = []

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from ..arch import Target, parse_targets
+from ..profile import LibraryUsage, Profile, load_profile, merge
 
 
 def add_target_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -46,6 +47,42 @@ def parse_size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}")
     return value * _UNITS[unit]
+
+
+def add_profile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="P.json",
+        help="also drop what this usage profile never used (repeatable: merged)",
+    )
+    parser.add_argument(
+        "--profile-match",
+        choices=("hash", "name"),
+        default="hash",
+        help="apply a profile to a library recorded from another build of it, by file name",
+    )
+
+
+def profile_from(args: argparse.Namespace) -> Profile | None:
+    return merge(load_profile(p) for p in args.profile) if args.profile else None
+
+
+def usage_for(
+    profile: Profile | None, sha256: str, name: str, *, by_name: bool
+) -> LibraryUsage | None:
+    """The profile's record of this library; warns when only another build was recorded."""
+    if profile is None:
+        return None
+    usage = profile.for_library(sha256, name, by_name=by_name)
+    if usage is None and profile.same_name(name) is not None:
+        print(
+            f"slimwheel: warning: {name}: the profile was recorded on another build of it "
+            "(SHA-256 differs); arch slimming only (--profile-match name applies it anyway)",
+            file=sys.stderr,
+        )
+    return usage
 
 
 def make_console() -> Console:

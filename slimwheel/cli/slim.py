@@ -14,13 +14,17 @@ from ..errors import UsageError
 from ..layout import DEFAULT_MIN_HOLE
 from ..policy import sections_to_leave
 from ..slim import SlimResult, slim_library
+from ..store import file_sha256
 from .inspect import human
 from .options import (
     add_output_options,
+    add_profile_options,
     add_target_options,
     make_console,
     parse_size,
+    profile_from,
     targets_from,
+    usage_for,
 )
 
 HELP = "write a library that keeps only the device code the given GPUs load"
@@ -30,6 +34,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser("slim", help=HELP, description=HELP + ".")
     p.add_argument("library", metavar="LIB", help="the shared library to slim")
     add_target_options(p, required=True)
+    add_profile_options(p)
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("-o", "--output", metavar="OUT", help="where to write the slim library")
     out.add_argument("--in-place", action="store_true", help="replace LIB (atomically)")
@@ -68,6 +73,12 @@ def execute(args: argparse.Namespace) -> int:
     if not args.in_place and os.path.exists(dest) and os.path.samefile(src, dest):
         raise UsageError(f"{dest}: output is the input; use --in-place to replace it")
     leave = sections_to_leave(src, args.leave_section)
+    usage = usage_for(
+        profile_from(args),
+        file_sha256(src),
+        os.path.basename(src),
+        by_name=args.profile_match == "name",
+    )
     result = slim_library(
         src,
         dest,
@@ -76,6 +87,7 @@ def execute(args: argparse.Namespace) -> int:
         compact=not args.no_compact,
         min_hole=args.min_hole,
         leave=leave,
+        usage=usage,
     )
     if args.json:
         json.dump(result_document(result), sys.stdout, indent=1)
@@ -120,6 +132,12 @@ def print_summary(console: Console, r: SlimResult, dest: str) -> None:
         ),
         markup=False,
     )
+    if r.unused_bytes:
+        unused = sum(1 for d in r.plan.decisions if d.reason.value == "not-used")
+        console.print(
+            f"  profile       {unused} more elements ({human(r.unused_bytes)}) removed as unused",
+            markup=False,
+        )
     rep = r.report
     console.print(
         f"  verified      {rep.regions} regions, {rep.kept_elements} kept elements byte-identical,"

@@ -33,6 +33,7 @@ HARNESS = {
     "big": "big_run",
     "embedded": "embedded_run",
     "sm80_only": "fixture_run",
+    "usage": "usage_run_a",
 }
 
 

@@ -1,0 +1,1 @@
+../../shim/slimwheel_recorder.c

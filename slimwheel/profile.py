@@ -1,0 +1,440 @@
+"""Usage profiles: which kernels and device variables a workload really uses.
+
+A profile is recorded by running a command with the CUPTI recorder in
+``shim/`` injected (``CUDA_INJECTION64_PATH``); each process writes JSON lines
+(``origin``, ``launch``, ``global``, ``image``, ``gpu``, ``versions``) to a
+directory, and :func:`collect` turns them into one :class:`Profile`: per
+library file (identified by its SHA-256) the kernels launched, the variables
+accessed, the regions loaded and the loaded images matched to elements. Code
+from heap images (Triton, NVRTC) is counted under ``jit`` and never drives
+removal. Profiles merge by union. The document's schema is
+``profiles/profile.schema.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .elf import ElfFile, map_file
+from .errors import InputError, SlimwheelError
+from .fatbin import ElementKind, payload, scan
+from .store import Store, file_sha256
+
+SCHEMA = "slimwheel.profile"
+SCHEMA_VERSION = 1
+
+
+class ProfileError(InputError):
+    """A profile is malformed, or cannot be recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryUsage:
+    sha256: str
+    path: str  # where it was recorded
+    name: str  # file name
+    soname: str | None = None
+    site_relative: str | None = None
+    distribution: tuple[str, str] | None = None  # (name, version)
+    kernels: tuple[str, ...] = ()
+    variables: tuple[str, ...] = ()
+    regions: tuple[int, ...] = ()  # vaddrs of loaded regions
+    images: tuple[str, ...] = ()  # SHA-256 of element payloads the driver loaded
+
+    def digest(self) -> str:
+        """What slimming depends on: the kernels and variables used."""
+        doc = {"kernels": list(self.kernels), "variables": list(self.variables)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    gpus: tuple[tuple[str, str], ...] = ()  # (name, compute capability)
+    driver_version: int | None = None
+    libraries: tuple[LibraryUsage, ...] = ()
+    jit: tuple[tuple[str, int], ...] = ()  # (load API, count) of heap images
+    unmatched_images: int = 0
+    processes: int = 0
+
+    def for_library(self, sha256: str, name: str, *, by_name: bool = False) -> LibraryUsage | None:
+        for lib in self.libraries:
+            if lib.sha256 == sha256:
+                return lib
+        if by_name:
+            for lib in self.libraries:
+                if lib.name == name:
+                    return lib
+        return None
+
+    def same_name(self, name: str) -> LibraryUsage | None:
+        return next((lib for lib in self.libraries if lib.name == name), None)
+
+    # -- JSON -----------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "slimwheel", "version": __version__},
+            "gpus": [{"name": n, "cc": cc} for n, cc in self.gpus],
+            "driver_version": self.driver_version,
+            "processes": self.processes,
+            "libraries": [
+                {
+                    "sha256": lib.sha256,
+                    "path": lib.path,
+                    "name": lib.name,
+                    "soname": lib.soname,
+                    "site_relative": lib.site_relative,
+                    "distribution": (
+                        {"name": lib.distribution[0], "version": lib.distribution[1]}
+                        if lib.distribution
+                        else None
+                    ),
+                    "kernels": list(lib.kernels),
+                    "variables": list(lib.variables),
+                    "regions": list(lib.regions),
+                    "images": list(lib.images),
+                }
+                for lib in sorted(self.libraries, key=lambda x: (x.name, x.sha256))
+            ],
+            "jit": [{"api": api, "count": n} for api, n in self.jit],
+            "unmatched_images": self.unmatched_images,
+        }
+
+    @staticmethod
+    def from_json(doc: Any, where: str) -> Profile:
+        try:
+            if doc.get("schema") != SCHEMA:
+                raise ProfileError("not a slimwheel profile", path=where)
+            if doc.get("schema_version") != SCHEMA_VERSION:
+                raise ProfileError(
+                    f"profile version {doc.get('schema_version')} is not supported", path=where
+                )
+            libs = []
+            for lib in doc["libraries"]:
+                dist = lib.get("distribution")
+                libs.append(
+                    LibraryUsage(
+                        sha256=_hex64(lib["sha256"], where),
+                        path=str(lib["path"]),
+                        name=str(lib["name"]),
+                        soname=lib.get("soname"),
+                        site_relative=lib.get("site_relative"),
+                        distribution=(str(dist["name"]), str(dist["version"])) if dist else None,
+                        kernels=tuple(sorted({str(k) for k in lib["kernels"]})),
+                        variables=tuple(sorted({str(v) for v in lib["variables"]})),
+                        regions=tuple(sorted({int(r) for r in lib.get("regions", [])})),
+                        images=tuple(sorted({_hex64(i, where) for i in lib.get("images", [])})),
+                    )
+                )
+            return Profile(
+                gpus=tuple((str(g["name"]), str(g["cc"])) for g in doc.get("gpus", [])),
+                driver_version=doc.get("driver_version"),
+                libraries=tuple(libs),
+                jit=tuple((str(j["api"]), int(j["count"])) for j in doc.get("jit", [])),
+                unmatched_images=int(doc.get("unmatched_images", 0)),
+                processes=int(doc.get("processes", 0)),
+            )
+        except SlimwheelError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProfileError(
+                f"malformed profile ({type(exc).__name__}: {exc})", path=where
+            ) from None
+
+
+def _hex64(value: Any, where: str) -> str:
+    s = str(value)
+    if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
+        raise ProfileError(f"not a SHA-256: {s[:20]!r}", path=where)
+    return s
+
+
+def load_profile(path: str | os.PathLike[str]) -> Profile:
+    where = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise ProfileError(exc.strerror or str(exc), path=where) from None
+    except ValueError as exc:
+        raise ProfileError(f"not JSON ({exc})", path=where) from None
+    return Profile.from_json(doc, where)
+
+
+def save_profile(profile: Profile, path: str | os.PathLike[str]) -> None:
+    from .write import atomic_output
+
+    data = (json.dumps(profile.to_json(), indent=1, sort_keys=True) + "\n").encode()
+    with atomic_output(path, mode=0o644) as f:
+        f.write(data)
+
+
+def merge(profiles: Iterable[Profile]) -> Profile:
+    libs: dict[str, LibraryUsage] = {}
+    gpus: set[tuple[str, str]] = set()
+    jit: dict[str, int] = defaultdict(int)
+    unmatched = processes = 0
+    driver = None
+    for p in profiles:
+        gpus.update(p.gpus)
+        for api, n in p.jit:
+            jit[api] += n
+        unmatched += p.unmatched_images
+        processes += p.processes
+        driver = driver or p.driver_version
+        for lib in p.libraries:
+            old = libs.get(lib.sha256)
+            if old is None:
+                libs[lib.sha256] = lib
+                continue
+            libs[lib.sha256] = replace(
+                old,
+                kernels=tuple(sorted(set(old.kernels) | set(lib.kernels))),
+                variables=tuple(sorted(set(old.variables) | set(lib.variables))),
+                regions=tuple(sorted(set(old.regions) | set(lib.regions))),
+                images=tuple(sorted(set(old.images) | set(lib.images))),
+            )
+    return Profile(
+        gpus=tuple(sorted(gpus)),
+        driver_version=driver,
+        libraries=tuple(sorted(libs.values(), key=lambda x: (x.name, x.sha256))),
+        jit=tuple(sorted(jit.items())),
+        unmatched_images=unmatched,
+        processes=processes,
+    )
+
+
+# -- turning recorder output into a profile ---------------------------------
+
+
+@dataclass(slots=True)
+class _Lib:
+    kernels: set[str] = field(default_factory=set)
+    variables: set[str] = field(default_factory=set)
+    regions: set[int] = field(default_factory=set)
+
+
+def _records(directory: str) -> Iterable[tuple[str, list[dict[str, Any]]]]:
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".jsonl"):
+            continue
+        rows = []
+        with open(os.path.join(directory, name), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue  # a process killed mid-line: the lines before it count
+        yield name, rows
+
+
+def _site_info(
+    path: str, dists: dict[str, tuple[str, str]]
+) -> tuple[str | None, tuple[str, str] | None]:
+    parts = Path(path).parts
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] in ("site-packages", "dist-packages"):
+            rel = "/".join(parts[i + 1 :])
+            return rel, dists.get(rel)
+    return None, None
+
+
+def _distributions() -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for d in metadata.distributions():
+        for f in d.files or ():
+            out.setdefault(str(f), (d.metadata["Name"], d.version))
+    return out
+
+
+def _element_hashes(path: str) -> dict[str, int]:
+    """SHA-256 of every cubin element's payload -> region vaddr."""
+    out: dict[str, int] = {}
+    with map_file(path) as buf:
+        elf = ElfFile(buf, path)
+        for region, el in scan(elf).elements:
+            if el.kind == ElementKind.ELF:
+                out[hashlib.sha256(payload(buf, el, name=path)).hexdigest()] = region.vaddr
+    return out
+
+
+def collect(directory: str) -> Profile:
+    """One profile from every process's records in ``directory``."""
+    libs: dict[str, _Lib] = defaultdict(_Lib)
+    gpus: set[tuple[str, str]] = set()
+    jit: dict[str, int] = defaultdict(int)
+    images: set[str] = set()
+    driver = None
+    processes = 0
+    for _name, rows in _records(directory):
+        processes += 1
+        origins: dict[int, tuple[str | None, int | None]] = {}
+        for r in rows:
+            t = r.get("t")
+            if t == "origin":
+                if r.get("jit"):
+                    origins[r["id"]] = (None, None)
+                    jit[str(r.get("api"))] += 1
+                else:
+                    lib = r.get("lib") or r.get("file")
+                    origins[r["id"]] = (lib, r.get("vaddr"))
+                    if lib and r.get("vaddr") is not None:
+                        libs[lib].regions.add(int(r["vaddr"]))
+            elif t in ("launch", "global"):
+                lib, _vaddr = origins.get(r.get("o", -1), (None, None))
+                if lib is None or not r.get("name"):
+                    continue
+                (libs[lib].kernels if t == "launch" else libs[lib].variables).add(r["name"])
+            elif t == "image":
+                images.add(r["sha256"])
+            elif t == "gpu":
+                gpus.add((r["name"], r["cc"]))
+            elif t == "versions":
+                driver = r.get("driver") or driver
+    dists = _distributions()
+    usages = []
+    matched: set[str] = set()
+    for path, use in sorted(libs.items()):
+        if not os.path.isfile(path):
+            continue
+        try:
+            hashes = _element_hashes(path)
+            with map_file(path) as buf:
+                soname = ElfFile(buf, path).soname
+        except SlimwheelError:
+            hashes, soname = {}, None
+        loaded = sorted(images & set(hashes))
+        matched.update(loaded)
+        rel, dist = _site_info(os.path.realpath(path), dists)
+        usages.append(
+            LibraryUsage(
+                sha256=file_sha256(path),
+                path=path,
+                name=os.path.basename(path),
+                soname=soname,
+                site_relative=rel,
+                distribution=dist,
+                kernels=tuple(sorted(use.kernels)),
+                variables=tuple(sorted(use.variables)),
+                regions=tuple(sorted(use.regions)),
+                images=tuple(loaded),
+            )
+        )
+    return merge(
+        [
+            Profile(
+                gpus=tuple(sorted(gpus)),
+                driver_version=driver,
+                libraries=tuple(usages),
+                jit=tuple(sorted(jit.items())),
+                unmatched_images=len(images - matched),
+                processes=processes,
+            )
+        ]
+    )
+
+
+# -- the recorder library ---------------------------------------------------
+
+
+def _shim_source() -> bytes:
+    """shim/slimwheel_recorder.c (shipped in the package as data/, a link in the source tree)."""
+    return resources.files("slimwheel").joinpath("data/slimwheel_recorder.c").read_bytes()
+
+
+def find_cupti() -> tuple[list[str], str]:
+    """(include directories, library directory) of a CUPTI to build against."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    candidates: list[tuple[Path, Path]] = []
+    for r in roots:
+        if r:
+            candidates.append((Path(r) / "include", Path(r) / "lib64"))
+            candidates.append((Path(r) / "extras/CUPTI/include", Path(r) / "extras/CUPTI/lib64"))
+    for entry in sys.path:
+        base = Path(entry) / "nvidia"
+        for sub in ("cu13", "cu12", "cuda_cupti"):
+            candidates.append((base / sub / "include", base / sub / "lib"))
+    headers = [inc for inc, _ in candidates if (inc / "cupti.h").is_file()]
+    cuda_h = [inc for inc, _ in candidates if (inc / "cuda.h").is_file()]
+    libs = [lib for _, lib in candidates if lib.is_dir() and any(lib.glob("libcupti.so*"))]
+    if not headers:
+        raise ProfileError(
+            "cannot build the recorder: no CUPTI headers (cupti.h) found; "
+            "set CUDA_HOME or pip install nvidia-cuda-cupti"
+        )
+    if not cuda_h:
+        raise ProfileError("cannot build the recorder: cuda.h not found; set CUDA_HOME")
+    if not libs:
+        raise ProfileError("cannot build the recorder: libcupti.so not found; set CUDA_HOME")
+    return [str(headers[0]), str(cuda_h[0])], str(libs[0])
+
+
+def build_recorder(store: Store) -> Path:
+    """The recorder library, compiled once per source and CUPTI (cached in the store)."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        raise ProfileError("cannot build the recorder: no C compiler (set CC)")
+    includes, libdir = find_cupti()
+    src = _shim_source()
+    version_h = Path(includes[0]) / "cupti_version.h"
+    key = hashlib.sha256(
+        src
+        + (version_h.read_bytes() if version_h.is_file() else b"")
+        + cc.encode()
+        + libdir.encode()
+    ).hexdigest()
+    dest = store.root / "recorder" / key / "libslimwheel_recorder.so"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cupti = sorted(Path(libdir).glob("libcupti.so*"), key=lambda p: len(p.name))[0]
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        c = Path(tmp) / "recorder.c"
+        c.write_bytes(src)
+        out = Path(tmp) / dest.name
+        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(c)]
+        cmd += [f"-I{i}" for i in includes]
+        cmd += [f"-L{libdir}", f"-l:{cupti.name}", "-ldl", "-lpthread", f"-Wl,-rpath,{libdir}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["?"])[0]
+            raise ProfileError(f"cannot build the recorder: {first}")
+        os.replace(out, dest)
+    return dest
+
+
+def record(command: Sequence[str], recorder: Path) -> tuple[int, Profile]:
+    """Run ``command`` with the recorder; return its exit status and the profile."""
+    if not command:
+        raise ProfileError("no command to profile (give it after --)")
+    with tempfile.TemporaryDirectory(prefix="slimwheel-profile-") as tmp:
+        env = dict(os.environ, CUDA_INJECTION64_PATH=str(recorder), SLIMWHEEL_PROFILE_DIR=tmp)
+        try:
+            proc = subprocess.Popen(list(command), env=env)
+        except OSError as exc:
+            raise ProfileError(f"cannot run {command[0]}: {exc.strerror}") from None
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda s, _f: proc.send_signal(s))
+        try:
+            code = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return (128 - code if code < 0 else code), collect(tmp)
