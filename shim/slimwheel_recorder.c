@@ -37,6 +37,12 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static FILE *out = NULL;
 static CUpti_SubscriberHandle subscriber;
 static int devices_written = 0;
+static void *libcuda = NULL; /* the driver, opened without loading it again */
+
+static void *driver_fn(const char *name) {
+    if (!libcuda) libcuda = dlopen("libcuda.so.1", RTLD_NOLOAD | RTLD_LAZY);
+    return libcuda ? dlsym(libcuda, name) : NULL;
+}
 
 /* ---- SHA-256 (FIPS 180-4), for module images -------------------------- */
 
@@ -183,11 +189,11 @@ static void write_devices(void) {
     typedef int (*get_name_t)(char *, int, int);
     typedef int (*get_attr_t)(int *, int, int);
     typedef int (*drv_version_t)(int *);
-    get_count_t get_count = (get_count_t)dlsym(RTLD_DEFAULT, "cuDeviceGetCount");
-    get_t get = (get_t)dlsym(RTLD_DEFAULT, "cuDeviceGet");
-    get_name_t get_name = (get_name_t)dlsym(RTLD_DEFAULT, "cuDeviceGetName");
-    get_attr_t get_attr = (get_attr_t)dlsym(RTLD_DEFAULT, "cuDeviceGetAttribute");
-    drv_version_t drv = (drv_version_t)dlsym(RTLD_DEFAULT, "cuDriverGetVersion");
+    get_count_t get_count = (get_count_t)driver_fn("cuDeviceGetCount");
+    get_t get = (get_t)driver_fn("cuDeviceGet");
+    get_name_t get_name = (get_name_t)driver_fn("cuDeviceGetName");
+    get_attr_t get_attr = (get_attr_t)driver_fn("cuDeviceGetAttribute");
+    drv_version_t drv = (drv_version_t)driver_fn("cuDriverGetVersion");
     int count = 0, version = 0;
     uint32_t cupti = 0;
     if (drv) drv(&version);
@@ -240,31 +246,56 @@ static int origin_of(const void *image, const char *api, const char *file) {
 }
 
 static void record_name(const char *type, int origin, const char *name) {
-    if (!out) return;
+    if (!out || !name) return;
     fprintf(out, "{\"t\":\"%s\",\"o\":%d,\"name\":", type, origin);
     json_string(out, name);
     fputs("}\n", out);
 }
 
+/* Remember a resolved handle; record the resolution once per handle. A
+ * kernel a library resolves (and may query attributes of) without launching
+ * it must keep its element, or that query fails. */
 static void remember(Map *m, const void *handle, int origin, const char *name) {
     Slot *s = map_find(m, handle, 1);
     if (!s) return;
-    s->origin = origin;
-    if (name && !s->name) s->name = strdup(name);
+    if (s->origin < 0) s->origin = origin;
+    if (name && !s->name) {
+        s->name = strdup(name);
+        if (m == &kernels || m == &funcs) record_name("resolve", s->origin, name);
+    }
+}
+
+typedef int (*get_name_fn)(const char **, const void *);
+typedef int (*get_parent_fn)(const void **, const void *);
+
+/* Name and origin of a handle first seen at launch (enumerated, or obtained
+ * before we saw its library): asked of the driver. */
+static void resolve_unknown(Slot *s, const void *f) {
+    const char *name = NULL;
+    const void *parent = NULL;
+    get_name_fn fname = (get_name_fn)driver_fn("cuFuncGetName");
+    get_name_fn kname = (get_name_fn)driver_fn("cuKernelGetName");
+    get_parent_fn fmod = (get_parent_fn)driver_fn("cuFuncGetModule");
+    get_parent_fn klib = (get_parent_fn)driver_fn("cuKernelGetLibrary");
+    if (!s->name && ((fname && !fname(&name, f) && name) || (kname && !kname(&name, f) && name)))
+        s->name = strdup(name);
+    if (s->origin < 0 && fmod && !fmod(&parent, f) && parent) {
+        Slot *m = map_find(&mods, parent, 0);
+        if (m) s->origin = m->origin;
+    }
+    if (s->origin < 0 && klib && !klib(&parent, f) && parent) {
+        Slot *l = map_find(&libs, parent, 0);
+        if (l) s->origin = l->origin;
+    }
 }
 
 static void launched(const void *f) {
     Slot *s = map_find(&funcs, f, 0);
     if (!s) s = map_find(&kernels, f, 0); /* a CUkernel passed as a CUfunction */
-    if (!s) {
-        s = map_find(&funcs, f, 1);
-        if (!s) return;
-        s->launched = 1;
-        if (out) fputs("{\"t\":\"launch\",\"o\":-1,\"name\":null}\n", out);
-        return;
-    }
-    if (s->launched) return;
+    if (!s) s = map_find(&funcs, f, 1);
+    if (!s || s->launched) return;
     s->launched = 1;
+    if (s->origin < 0 || !s->name) resolve_unknown(s, f);
     record_name("launch", s->origin, s->name);
 }
 
@@ -370,6 +401,36 @@ static void CUPTIAPI on_event(void *user, CUpti_CallbackDomain domain, CUpti_Cal
             remember(&funcs, *a->hfunc, s ? s->origin : -1, a->name);
         }
         break;
+    case CUPTI_DRIVER_TRACE_CBID_cuModuleEnumerateFunctions:
+        if (ok(cb)) {
+            const cuModuleEnumerateFunctions_params *a = p;
+            Slot *m = map_find(&mods, a->mod, 0);
+            for (unsigned int i = 0; a->functions && i < a->numFunctions; i++) {
+                Slot *s = map_find(&funcs, a->functions[i], 1);
+                if (!s) break;
+                if (s->origin < 0 && m) s->origin = m->origin;
+                if (!s->name) {
+                    resolve_unknown(s, a->functions[i]);
+                    record_name("resolve", s->origin, s->name);
+                }
+            }
+        }
+        break;
+    case CUPTI_DRIVER_TRACE_CBID_cuLibraryEnumerateKernels:
+        if (ok(cb)) {
+            const cuLibraryEnumerateKernels_params *a = p;
+            Slot *l = map_find(&libs, a->lib, 0);
+            for (unsigned int i = 0; a->kernels && i < a->numKernels; i++) {
+                Slot *s = map_find(&kernels, a->kernels[i], 1);
+                if (!s) break;
+                if (s->origin < 0 && l) s->origin = l->origin;
+                if (!s->name) {
+                    resolve_unknown(s, a->kernels[i]);
+                    record_name("resolve", s->origin, s->name);
+                }
+            }
+        }
+        break;
     case CUPTI_DRIVER_TRACE_CBID_cuLibraryGetGlobal:
     case CUPTI_DRIVER_TRACE_CBID_cuLibraryGetManaged:
         if (ok(cb)) {
@@ -415,6 +476,8 @@ static const CUpti_CallbackId DRIVER_IDS[] = {
     CUPTI_DRIVER_TRACE_CBID_cuLibraryGetKernel,
     CUPTI_DRIVER_TRACE_CBID_cuKernelGetFunction,
     CUPTI_DRIVER_TRACE_CBID_cuModuleGetFunction,
+    CUPTI_DRIVER_TRACE_CBID_cuModuleEnumerateFunctions,
+    CUPTI_DRIVER_TRACE_CBID_cuLibraryEnumerateKernels,
     CUPTI_DRIVER_TRACE_CBID_cuLibraryGetGlobal,
     CUPTI_DRIVER_TRACE_CBID_cuLibraryGetManaged,
     CUPTI_DRIVER_TRACE_CBID_cuModuleGetGlobal_v2,

@@ -50,14 +50,25 @@ class LibraryUsage:
     soname: str | None = None
     site_relative: str | None = None
     distribution: tuple[str, str] | None = None  # (name, version)
-    kernels: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()  # launched
     variables: tuple[str, ...] = ()
     regions: tuple[int, ...] = ()  # vaddrs of loaded regions
     images: tuple[str, ...] = ()  # SHA-256 of element payloads the driver loaded
+    resolved: tuple[str, ...] = ()  # resolved (handles obtained), launched or not
+
+    @property
+    def needed_kernels(self) -> frozenset[str]:
+        """Kernels whose elements must stay: launched, or resolved (a library may
+        query a resolved kernel's attributes without launching it)."""
+        return frozenset(self.kernels) | frozenset(self.resolved)
 
     def digest(self) -> str:
         """What slimming depends on: the kernels and variables used."""
-        doc = {"kernels": list(self.kernels), "variables": list(self.variables)}
+        doc = {
+            "kernels": list(self.kernels),
+            "resolved": list(self.resolved),
+            "variables": list(self.variables),
+        }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -69,16 +80,16 @@ class Profile:
     jit: tuple[tuple[str, int], ...] = ()  # (load API, count) of heap images
     unmatched_images: int = 0
     processes: int = 0
+    unattributed: tuple[str, ...] = ()  # kernels launched from an origin not known
 
     def for_library(self, sha256: str, name: str, *, by_name: bool = False) -> LibraryUsage | None:
-        for lib in self.libraries:
-            if lib.sha256 == sha256:
-                return lib
-        if by_name:
-            for lib in self.libraries:
-                if lib.name == name:
-                    return lib
-        return None
+        found = next((lib for lib in self.libraries if lib.sha256 == sha256), None)
+        if found is None and by_name:
+            found = self.same_name(name)
+        if found is not None and self.unattributed:
+            # Launched from an origin the recorder could not name: kept wherever defined.
+            found = replace(found, resolved=tuple(sorted({*found.resolved, *self.unattributed})))
+        return found
 
     def same_name(self, name: str) -> LibraryUsage | None:
         return next((lib for lib in self.libraries if lib.name == name), None)
@@ -106,6 +117,7 @@ class Profile:
                         else None
                     ),
                     "kernels": list(lib.kernels),
+                    "resolved": list(lib.resolved),
                     "variables": list(lib.variables),
                     "regions": list(lib.regions),
                     "images": list(lib.images),
@@ -114,6 +126,7 @@ class Profile:
             ],
             "jit": [{"api": api, "count": n} for api, n in self.jit],
             "unmatched_images": self.unmatched_images,
+            "unattributed_kernels": list(self.unattributed),
         }
 
     @staticmethod
@@ -137,6 +150,7 @@ class Profile:
                         site_relative=lib.get("site_relative"),
                         distribution=(str(dist["name"]), str(dist["version"])) if dist else None,
                         kernels=tuple(sorted({str(k) for k in lib["kernels"]})),
+                        resolved=tuple(sorted({str(k) for k in lib.get("resolved", [])})),
                         variables=tuple(sorted({str(v) for v in lib["variables"]})),
                         regions=tuple(sorted({int(r) for r in lib.get("regions", [])})),
                         images=tuple(sorted({_hex64(i, where) for i in lib.get("images", [])})),
@@ -149,6 +163,7 @@ class Profile:
                 jit=tuple((str(j["api"]), int(j["count"])) for j in doc.get("jit", [])),
                 unmatched_images=int(doc.get("unmatched_images", 0)),
                 processes=int(doc.get("processes", 0)),
+                unattributed=tuple(sorted({str(k) for k in doc.get("unattributed_kernels", [])})),
             )
         except SlimwheelError:
             raise
@@ -191,7 +206,9 @@ def merge(profiles: Iterable[Profile]) -> Profile:
     jit: dict[str, int] = defaultdict(int)
     unmatched = processes = 0
     driver = None
+    unattributed: set[str] = set()
     for p in profiles:
+        unattributed.update(p.unattributed)
         gpus.update(p.gpus)
         for api, n in p.jit:
             jit[api] += n
@@ -206,6 +223,7 @@ def merge(profiles: Iterable[Profile]) -> Profile:
             libs[lib.sha256] = replace(
                 old,
                 kernels=tuple(sorted(set(old.kernels) | set(lib.kernels))),
+                resolved=tuple(sorted(set(old.resolved) | set(lib.resolved))),
                 variables=tuple(sorted(set(old.variables) | set(lib.variables))),
                 regions=tuple(sorted(set(old.regions) | set(lib.regions))),
                 images=tuple(sorted(set(old.images) | set(lib.images))),
@@ -217,6 +235,7 @@ def merge(profiles: Iterable[Profile]) -> Profile:
         jit=tuple(sorted(jit.items())),
         unmatched_images=unmatched,
         processes=processes,
+        unattributed=tuple(sorted(unattributed)),
     )
 
 
@@ -226,6 +245,7 @@ def merge(profiles: Iterable[Profile]) -> Profile:
 @dataclass(slots=True)
 class _Lib:
     kernels: set[str] = field(default_factory=set)
+    resolved: set[str] = field(default_factory=set)
     variables: set[str] = field(default_factory=set)
     regions: set[int] = field(default_factory=set)
 
@@ -280,6 +300,7 @@ def collect(directory: str) -> Profile:
     gpus: set[tuple[str, str]] = set()
     jit: dict[str, int] = defaultdict(int)
     images: set[str] = set()
+    unattributed: set[str] = set()
     driver = None
     processes = 0
     for _name, rows in _records(directory):
@@ -296,11 +317,20 @@ def collect(directory: str) -> Profile:
                     origins[r["id"]] = (lib, r.get("vaddr"))
                     if lib and r.get("vaddr") is not None:
                         libs[lib].regions.add(int(r["vaddr"]))
-            elif t in ("launch", "global"):
-                lib, _vaddr = origins.get(r.get("o", -1), (None, None))
-                if lib is None or not r.get("name"):
+            elif t in ("launch", "global", "resolve"):
+                name = r.get("name")
+                if not name:
                     continue
-                (libs[lib].kernels if t == "launch" else libs[lib].variables).add(r["name"])
+                known = r.get("o", -1) in origins
+                lib, _vaddr = origins.get(r.get("o", -1), (None, None))
+                if not known and t == "launch":
+                    unattributed.add(name)  # kept wherever it is defined
+                if lib is None:
+                    continue
+                use = libs[lib]
+                {"launch": use.kernels, "global": use.variables, "resolve": use.resolved}[t].add(
+                    name
+                )
             elif t == "image":
                 images.add(r["sha256"])
             elif t == "gpu":
@@ -331,6 +361,7 @@ def collect(directory: str) -> Profile:
                 site_relative=rel,
                 distribution=dist,
                 kernels=tuple(sorted(use.kernels)),
+                resolved=tuple(sorted(use.resolved)),
                 variables=tuple(sorted(use.variables)),
                 regions=tuple(sorted(use.regions)),
                 images=tuple(loaded),
@@ -345,6 +376,7 @@ def collect(directory: str) -> Profile:
                 jit=tuple(sorted(jit.items())),
                 unmatched_images=len(images - matched),
                 processes=processes,
+                unattributed=tuple(sorted(unattributed)),
             )
         ]
     )

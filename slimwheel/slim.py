@@ -131,7 +131,7 @@ def _apply_profile(buf: Buffer, label: str, plan: Plan, usage: LibraryUsage) -> 
         for d in plan.decisions
         if d.reason in (Reason.LOADED, Reason.KEEP_PTX)
     }
-    return apply_usage(plan, frozenset(usage.kernels), frozenset(usage.variables), symbols)
+    return apply_usage(plan, usage.needed_kernels, frozenset(usage.variables), symbols)
 
 
 def verify_pair(

@@ -62,6 +62,7 @@ def _records(tmp: Path, lib: Path) -> Path:
             "vaddr": regions["usage_kC"],
         },
         {"t": "origin", "id": 2, "api": "cuModuleLoadData", "jit": True},
+        {"t": "resolve", "o": 0, "name": "usage_kA"},
         {"t": "launch", "o": 0, "name": "usage_kA"},
         {"t": "global", "o": 1, "name": "usage_c_value"},
         {"t": "launch", "o": 2, "name": "triton_kernel"},
@@ -79,6 +80,7 @@ def test_collect_and_schema(fixture_libs: dict[str, Path], tmp_path: Path) -> No
     (entry,) = doc["libraries"]
     assert entry["sha256"] == file_sha256(lib)
     assert entry["kernels"] == ["usage_kA"] and entry["variables"] == ["usage_c_value"]
+    assert entry["resolved"] == ["usage_kA"]
     assert doc["gpus"] == [{"name": "NVIDIA H200", "cc": "9.0"}]
     assert doc["jit"] == [{"api": "cuModuleLoadData", "count": 1}]
     again = Profile.from_json(json.loads(json.dumps(doc)), "x")
