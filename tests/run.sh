@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-.venv/bin/ruff check slimwheel tests bench
+.venv/bin/ruff check slimwheel tests bench profiles
 .venv/bin/ruff format --check slimwheel
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

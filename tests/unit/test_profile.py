@@ -250,3 +250,21 @@ def test_profiles_in_repo_validate() -> None:
             continue
         jsonschema.validate(json.loads(path.read_text()), SCHEMA)
         load_profile(path)
+
+
+def test_unattributed_launches_keep_their_kernels(
+    fixture_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A kernel launched from a handle the recorder could not place is kept
+    wherever it is defined."""
+    lib = fixture_libs["usage"]
+    d = _records(tmp_path, lib)
+    with open(d / "rec-1-1.jsonl", "a") as f:
+        f.write("\n" + json.dumps({"t": "launch", "o": 99, "name": "usage_kB"}) + "\n")
+    profile = collect(str(d))
+    assert profile.unattributed == ("usage_kB",)
+    usage = profile.for_library(file_sha256(lib), lib.name)
+    assert usage is not None and "usage_kB" in usage.needed_kernels
+    out = tmp_path / "slim.so"
+    slim_library(lib, out, targets=parse_targets(["sm_90"]), usage=usage)
+    assert set(_regions(out)) == {"usage_kA", "usage_kB", "usage_kC"}
