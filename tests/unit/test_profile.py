@@ -268,3 +268,18 @@ def test_unattributed_launches_keep_their_kernels(
     out = tmp_path / "slim.so"
     slim_library(lib, out, targets=parse_targets(["sm_90"]), usage=usage)
     assert set(_regions(out)) == {"usage_kA", "usage_kB", "usage_kC"}
+
+
+def test_profile_command_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["profile", "-o", str(tmp_path / "p.json")]) == 2
+    assert "usage: slimwheel profile" in capsys.readouterr().err
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    rc = main(
+        ["profile", "--store", str(tmp_path / "s"), "-o", str(tmp_path / "p.json"), "--", "true"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and "no C compiler" in err and err.count("\n") == 1
+    assert not (tmp_path / "p.json").exists()
