@@ -22,14 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import timed
 from tests.helpers import CACHE
-
-PROBE = (
-    "import resource, subprocess, sys, time;"
-    "t = time.monotonic();"
-    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode;"
-    "print(rc, time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
-)
 
 
 def stack_wheels() -> list[Path]:
@@ -51,15 +45,6 @@ def stack_wheels() -> list[Path]:
             check=True,
         )
     return sorted(p for p in dest.glob("*.whl") if p.name.startswith(("torch-", "nvidia_")))
-
-
-def timed(cmd: list[str]) -> tuple[float, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, *cmd], capture_output=True, text=True, check=True
-    ).stdout.split()
-    if out[0] != "0":
-        raise SystemExit(f"build failed ({out[0]})")
-    return float(out[1]), float(out[2])
 
 
 def lib_bytes(wheel: Path) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,25 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import timed
 from tests.helpers import extract_member, find_cuobjdump, local_wheel
-
-
-def measure(cmd: list[str], cwd: str | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
-    script = (
-        "import resource, subprocess, sys, time;"
-        "t = time.monotonic();"
-        "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode;"
-        "dt = time.monotonic() - t;"
-        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024;"
-        "print(rc, dt, peak)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script, *cmd], cwd=cwd, capture_output=True, text=True, check=True
-    ).stdout.split()
-    if out[0] != "0":
-        raise SystemExit(f"{cmd} failed with exit code {out[0]}")
-    return float(out[1]), float(out[2])
 
 
 def main() -> None:
@@ -61,9 +43,9 @@ def main() -> None:
         while f.read(1 << 24):
             pass
     rows = []
-    t, rss = measure([*slim, "--arch", args.arch])
+    t, rss = timed([*slim, "--arch", args.arch])
     rows.append(("slimwheel inspect --arch " + args.arch, t, rss, "3 s / 300 MB"))
-    t, rss = measure([*slim, "--kernels"])
+    t, rss = timed([*slim, "--kernels"])
     rows.append(("slimwheel inspect --kernels", t, rss, "15 s / 600 MB"))
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
@@ -71,7 +53,7 @@ def main() -> None:
     rows.append(("cp (reference)", time.monotonic() - t0, 0.0, ""))
     if not args.skip_cuobjdump:
         with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-            t, rss = measure([find_cuobjdump(), "-xelf", "all", str(lib)], cwd=tmp)
+            t, rss = timed([find_cuobjdump(), "-xelf", "all", str(lib)], cwd=tmp)
             written = sum(p.stat().st_size for p in Path(tmp).iterdir())
         rows.append((f"cuobjdump -xelf all (wrote {written / 1e9:.2f} GB)", t, rss, ""))
     print(f"library: {lib} ({size_mb:.0f} MB), {os.cpu_count()} cores")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,27 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import timed
 from slimwheel.arch import parse_targets
 from slimwheel.elf import is_elf, open_elf
 from slimwheel.fatbin import scan
 from slimwheel.slim import SlimResult, slim_library
 from tests.helpers import stack_site
-
-RSS_PROBE = (
-    "import resource, subprocess, sys, time;"
-    "t = time.monotonic();"
-    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode;"
-    "print(rc, time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
-)
-
-
-def timed(cmd: list[str]) -> tuple[float, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", RSS_PROBE, *cmd], capture_output=True, text=True, check=True
-    ).stdout.split()
-    if out[0] != "0":
-        raise SystemExit(f"{cmd} exited {out[0]}")
-    return float(out[1]), float(out[2])
 
 
 def warm(path: Path) -> None:
