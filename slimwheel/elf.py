@@ -375,8 +375,10 @@ class ElfFile:
         off = self.vaddr_to_offset(addr, size)
         return off, size
 
-    def rela_relocations(self) -> Iterator[Relocation]:
-        """DT_RELA entries (not the PLT's DT_JMPREL, which holds no data pointers)."""
+    def rela_relocations(self, start: int = 0, end: int = 1 << 64) -> Iterator[Relocation]:
+        """DT_RELA entries targeting [start, end) (not the PLT's DT_JMPREL, which
+        holds no data pointers). Only matches become objects: a big library has
+        ~10^5 relocations."""
         table = self._dyn_table(DT.RELA, DT.RELASZ, "DT_RELA table")
         if table is None:
             return
@@ -385,14 +387,15 @@ class ElfFile:
         view = memoryview(self.buf)[off : off + count * _RELA.size]
         try:
             for i, (r_offset, r_info, addend) in enumerate(_RELA.iter_unpack(view)):
-                yield Relocation(
-                    r_offset,
-                    r_info & 0xFFFFFFFF,
-                    r_info >> 32,
-                    addend,
-                    "rela",
-                    off + i * _RELA.size,
-                )
+                if start <= r_offset < end:
+                    yield Relocation(
+                        r_offset,
+                        r_info & 0xFFFFFFFF,
+                        r_info >> 32,
+                        addend,
+                        "rela",
+                        off + i * _RELA.size,
+                    )
         finally:
             view.release()
 
@@ -420,10 +423,7 @@ class ElfFile:
 
     def relocations_in(self, start: int, end: int) -> dict[int, Relocation]:
         """Dynamic relocations (RELA and RELR) whose target lies in [start, end)."""
-        out: dict[int, Relocation] = {}
-        for r in self.rela_relocations():
-            if start <= r.offset < end:
-                out[r.offset] = r
+        out = {r.offset: r for r in self.rela_relocations(start, end)}
         for addr in self.relr_addresses():
             if start <= addr < end:
                 out[addr] = Relocation(addr, -1, 0, None, "relr", -1)

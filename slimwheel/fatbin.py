@@ -84,6 +84,11 @@ class ElementFlag(enum.IntFlag):
     FAMILY = 0x200000  # "f": sm_100f
 
 
+# Plain ints for the hot paths (IntFlag arithmetic is slow in bulk).
+_ZSTD, _LZ4 = int(ElementFlag.ZSTD), int(ElementFlag.LZ4)
+_ARCH_SPECIFIC, _FAMILY = int(ElementFlag.ARCH_SPECIFIC), int(ElementFlag.FAMILY)
+
+
 class Variant(enum.Enum):
     """The suffix of an architecture: plain, arch-specific ``a``, family ``f``."""
 
@@ -124,9 +129,9 @@ class Element:
 
     @property
     def compression(self) -> Compression:
-        if self.flags & ElementFlag.ZSTD:
+        if self.flags & _ZSTD:
             return Compression.ZSTD
-        if self.flags & ElementFlag.LZ4:
+        if self.flags & _LZ4:
             return Compression.LZ4
         return Compression.NONE
 
@@ -139,9 +144,9 @@ class Element:
 
     @property
     def variant(self) -> Variant:
-        if self.flags & ElementFlag.ARCH_SPECIFIC:
+        if self.flags & _ARCH_SPECIFIC:
             return Variant.ARCH_SPECIFIC
-        if self.flags & ElementFlag.FAMILY:
+        if self.flags & _FAMILY:
             return Variant.FAMILY
         return Variant.PLAIN
 

@@ -10,8 +10,6 @@ import tempfile
 from dataclasses import replace
 from typing import Any
 
-from rich.table import Table
-
 from ..build import BuildOptions, WheelResult, build_wheels, default_label, download
 from ..errors import UsageError
 from ..store import Store
@@ -172,6 +170,8 @@ def results_document(results: list[WheelResult], opts: BuildOptions) -> dict[str
 
 
 def print_table(results: list[WheelResult]) -> None:
+    from rich.table import Table
+
     console = make_console()
     t = Table(title="slim wheels", title_justify="left", show_footer=True)
     wb = sum(r.wheel_bytes_before for r in results)

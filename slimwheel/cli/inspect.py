@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from ..inventory import LibraryScan, scan_library
 from ..report import Doc, inspect_document
 from ..sources import LibrarySource, find_libraries
 from .options import add_output_options, add_target_options, make_console, targets_from
 from .progress import byte_progress
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 HELP = "show the CUDA device code in libraries, wheels, directories or installed distributions"
 
@@ -94,6 +94,8 @@ def _breakdown(rows: list[Doc], key: str, limit: int = 12) -> str:
 
 
 def render(doc: Doc, *, show_all: bool = False) -> None:
+    from rich.table import Table
+
     console = make_console()
     targets = doc["targets"]
     libs = [lib for lib in doc["libraries"] if show_all or lib["regions"]]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from ..arch import Target, parse_targets
 from ..profile import LibraryUsage, Profile, load_profile, merge
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def add_target_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -87,6 +89,8 @@ def usage_for(
 
 def make_console() -> Console:
     """stdout console; wide lines when stdout is not a terminal (no wrapping in logs)."""
+    from rich.console import Console  # imported when output is drawn: it is slow to load
+
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 

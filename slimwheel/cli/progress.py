@@ -6,16 +6,10 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 Advance = Callable[[int, str], None]
 
@@ -26,6 +20,9 @@ def byte_progress(total: int, *, enabled: bool = True) -> Iterator[Advance]:
     if not (enabled and sys.stderr.isatty()):
         yield lambda n, label: None
         return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     columns = (
         TextColumn("{task.description}", table_column=None),
         BarColumn(),
@@ -44,7 +41,7 @@ def byte_progress(total: int, *, enabled: bool = True) -> Iterator[Advance]:
 class WheelProgress:
     """One bar per wheel and one for everything, in library bytes (build)."""
 
-    def __init__(self, bar: Progress | None) -> None:
+    def __init__(self, bar: Progress | None) -> None:  # rich's Progress
         self.bar = bar
         self.tasks: dict[str, TaskID] = {}
         self.total = bar.add_task("all wheels", total=0) if bar else None
@@ -68,6 +65,9 @@ def wheel_progress(*, enabled: bool = True) -> Iterator[WheelProgress]:
     if not (enabled and sys.stderr.isatty()):
         yield WheelProgress(None)
         return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -6,9 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..layout import DEFAULT_MIN_HOLE
@@ -26,6 +24,9 @@ from .options import (
     targets_from,
     usage_for,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 HELP = "write a library that keeps only the device code the given GPUs load"
 
@@ -73,12 +74,12 @@ def execute(args: argparse.Namespace) -> int:
     if not args.in_place and os.path.exists(dest) and os.path.samefile(src, dest):
         raise UsageError(f"{dest}: output is the input; use --in-place to replace it")
     leave = sections_to_leave(src, args.leave_section)
-    usage = usage_for(
-        profile_from(args),
-        file_sha256(src),
-        os.path.basename(src),
-        by_name=args.profile_match == "name",
-    )
+    profile = profile_from(args)
+    usage = None
+    if profile is not None:  # hashing a 500 MB library is not free: only when needed
+        usage = usage_for(
+            profile, file_sha256(src), os.path.basename(src), by_name=args.profile_match == "name"
+        )
     result = slim_library(
         src,
         dest,
