@@ -168,6 +168,26 @@ class Store:
                 raise
             return Entry(key, d / "lib", meta), True
 
+    # -- originals (for restoring environments) ---------------------------------
+
+    def keep_original(self, path: Path, sha256: str) -> None:
+        """Keep a copy of an original library, once per content, read-only."""
+        from .write import atomic_output
+
+        dest = self.root / "originals" / sha256[:2] / sha256
+        if dest.is_file() and dest.stat().st_size == path.stat().st_size:
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(dest, mode=0o444) as out, open(path, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+
+    def original(self, sha256: str) -> Path | None:
+        """The kept original with this content, if it is intact."""
+        p = self.root / "originals" / sha256[:2] / sha256
+        if p.is_file() and file_sha256(p) == sha256:
+            return p
+        return None
+
     def entries(self) -> list[Entry]:
         out = []
         for d in sorted((self.root / "entries").glob("*/*")):

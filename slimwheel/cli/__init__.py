@@ -16,10 +16,23 @@ from . import build as build_cmd
 from . import cache as cache_cmd
 from . import inspect as inspect_cmd
 from . import profile as profile_cmd
+from . import restore as restore_cmd
 from . import slim as slim_cmd
+from . import slim_env as slim_env_cmd
+from . import status as status_cmd
 from . import verify as verify_cmd
 
-SUBCOMMANDS = (inspect_cmd, slim_cmd, verify_cmd, build_cmd, cache_cmd, profile_cmd)
+SUBCOMMANDS = (
+    inspect_cmd,
+    slim_cmd,
+    verify_cmd,
+    build_cmd,
+    cache_cmd,
+    profile_cmd,
+    slim_env_cmd,
+    restore_cmd,
+    status_cmd,
+)
 
 
 class _Parser(argparse.ArgumentParser):

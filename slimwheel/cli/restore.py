@@ -1,0 +1,27 @@
+"""``slimwheel restore [--only DIST]``: put back the originals slim-env replaced."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..env import restore_env
+from ..store import Store
+from .inspect import human
+from .slim_env import add_env_options, sites
+
+HELP = "restore the original libraries of an environment slimmed with slim-env"
+
+
+def configure_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser("restore", help=HELP, description=HELP + ".")
+    add_env_options(p)
+    return p
+
+
+def execute(args: argparse.Namespace) -> int:
+    store = Store(args.store) if args.store else Store()
+    for site in sites(args):
+        for c in restore_env(site, store, only=args.only):
+            print(f"{c.path}: restored ({human(c.after)})")
+    return 0

@@ -1,0 +1,80 @@
+"""``slimwheel slim-env --arch TARGET [--python PATH]``: slim an installed environment in place."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..env import site_dirs, slim_env
+from ..errors import UsageError
+from ..store import Store
+from .inspect import human
+from .options import add_profile_options, add_target_options, profile_from, targets_from
+
+HELP = "slim every CUDA library of an installed environment in place (undo: restore)"
+
+
+def add_env_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PATH",
+        help="the environment's interpreter (default: the one running slimwheel)",
+    )
+    p.add_argument("--prefix", metavar="DIR", help="a conda prefix (not supported yet)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="DIST",
+        help="only these distributions (repeatable)",
+    )
+    p.add_argument(
+        "--store", metavar="DIR", help="the store (default: $SLIMWHEEL_STORE or the user cache)"
+    )
+
+
+def sites(args: argparse.Namespace) -> list[Any]:
+    if args.prefix:
+        raise UsageError("--prefix (conda environments) is not supported yet; use --python")
+    return site_dirs(args.python)
+
+
+def configure_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser("slim-env", help=HELP, description=HELP + ".")
+    add_target_options(p, required=True)
+    add_profile_options(p)
+    add_env_options(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    p.add_argument(
+        "--no-backup",
+        action="store_true",
+        help="do not keep the originals (restore is then impossible)",
+    )
+    return p
+
+
+def execute(args: argparse.Namespace) -> int:
+    targets = targets_from(args)
+    store = Store(args.store) if args.store else Store()
+    total_before = total_after = 0
+    for site in sites(args):
+        changes = slim_env(
+            site,
+            store,
+            targets=targets,
+            keep_ptx=args.keep_ptx,
+            profile=profile_from(args),
+            only=args.only,
+            dry_run=args.dry_run,
+            backup=not args.no_backup,
+        )
+        for c in changes:
+            note = f"  ({c.skipped})" if c.skipped else ""
+            print(f"{c.path}: {human(c.before)} -> {human(c.after)}{note}")
+            total_before += c.before
+            total_after += c.after
+    verb = "would save" if args.dry_run else "saved"
+    print(f"{verb} {human(total_before - total_after)} of {human(total_before)}")
+    return 0

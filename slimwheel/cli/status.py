@@ -1,0 +1,35 @@
+"""``slimwheel status``: what slim-env replaced in an environment, for which targets."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..env import env_status
+from ..store import Store
+from .inspect import human
+from .slim_env import add_env_options, sites
+
+HELP = "show which libraries of an environment are slimmed, and the space saved"
+
+
+def configure_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser("status", help=HELP, description=HELP + ".")
+    add_env_options(p)
+    return p
+
+
+def execute(args: argparse.Namespace) -> int:
+    store = Store(args.store) if args.store else Store()
+    saved = 0
+    for site in sites(args):
+        for e in env_status(site, store):
+            saved += e.original_size - e.slim_size
+            profile = f", profile {e.profile_digest[:8]}" if e.profile_digest else ""
+            backup = "" if e.backup else ", no backup"
+            print(
+                f"{e.path}: slimmed for {','.join(e.targets)}{profile}{backup}: "
+                f"{human(e.original_size)} -> {human(e.slim_size)}"
+            )
+    print(f"saved {human(saved)}")
+    return 0

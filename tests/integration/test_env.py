@@ -1,0 +1,204 @@
+"""``slim-env``, ``status`` and ``restore`` on real virtual environments."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slimwheel.cli import main
+from slimwheel.elf import open_elf
+from slimwheel.fatbin import scan
+from tests.helpers import local_wheel
+
+pytestmark = pytest.mark.slow
+LIB = "nvidia/cu13/lib/libcurand.so.10"
+
+
+def _venv(tmp_path: Path) -> tuple[Path, Path]:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            str(local_wheel("nvidia-curand==10.4.0.35")),
+        ],
+        check=True,
+    )
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    return py, site
+
+
+def _snapshot(site: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(site)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(site.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _record_true(site: Path) -> None:
+    for record in site.glob("*.dist-info/RECORD"):
+        for path, h, size in csv.reader(record.read_text().splitlines()):
+            if not h:
+                continue
+            data = (site / path).read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            assert h == f"sha256={digest}" and int(size) == len(data), path
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "slimwheel", *args], capture_output=True, text=True
+    )
+
+
+def test_slim_status_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    py, site = _venv(tmp_path)
+    store = str(tmp_path / "store")
+    before = _snapshot(site)
+    assert (
+        main(["slim-env", "--python", str(py), "--arch", "sm_90", "--store", store, "--dry-run"])
+        == 0
+    )
+    assert "would save" in capsys.readouterr().out and _snapshot(site) == before
+    assert main(["slim-env", "--python", str(py), "--arch", "sm_90", "--store", store]) == 0
+    assert (site / LIB).stat().st_size < 60_000_000
+    _record_true(site)
+    check = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout
+    with open_elf(site / LIB) as elf:
+        assert {e.arch for _, e in scan(elf).elements} == {90}
+    capsys.readouterr()
+    assert main(["status", "--python", str(py), "--store", store]) == 0
+    assert "slimmed for sm_90" in capsys.readouterr().out
+    assert main(["slim-env", "--python", str(py), "--arch", "sm_90", "--store", store]) == 0
+    assert "already slimmed" in capsys.readouterr().out
+    assert main(["restore", "--python", str(py), "--store", store]) == 0
+    assert _snapshot(site) == before, "restore gives back every byte"
+
+
+def test_hard_linked_cache_stays_untouched(tmp_path: Path) -> None:
+    py, site = _venv(tmp_path)
+    cache = tmp_path / "cache" / "libcurand.so.10"
+    cache.parent.mkdir()
+    shutil.copy(site / LIB, cache)
+    os.unlink(site / LIB)
+    os.link(cache, site / LIB)  # how uv and conda install from their caches
+    digest = hashlib.sha256(cache.read_bytes()).hexdigest()
+    r = _cli("slim-env", "--python", str(py), "--arch", "sm_90", "--store", str(tmp_path / "s"))
+    assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(cache.read_bytes()).hexdigest() == digest
+    assert (site / LIB).stat().st_ino != cache.stat().st_ino
+
+
+def test_uv_venv_cache_untouched(tmp_path: Path) -> None:
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    uv_cache = tmp_path / "uv-cache"
+    venv = tmp_path / "uvenv"
+    env = dict(os.environ, UV_CACHE_DIR=str(uv_cache), UV_LINK_MODE="hardlink")
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=env)
+    wheel = local_wheel("nvidia-curand==10.4.0.35")
+    subprocess.run(
+        [
+            uv,
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(venv / "bin" / "python"),
+            "--no-index",
+            "--find-links",
+            str(wheel.parent),
+            "nvidia-curand==10.4.0.35",
+        ],
+        check=True,
+        env=env,
+    )
+    cached = {
+        p: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in uv_cache.rglob("*")
+        if p.is_file() and ".so" in p.name
+    }
+    assert cached, "uv keeps the library in its cache"
+    site = next((venv / "lib").glob("python*/site-packages"))
+    assert (site / LIB).stat().st_nlink > 1, "uv hard-linked the library"
+    r = _cli(
+        "slim-env",
+        "--python",
+        str(venv / "bin" / "python"),
+        "--arch",
+        "sm_90",
+        "--store",
+        str(tmp_path / "s"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in cached} == cached
+    _record_true(site)
+
+
+def test_concurrent_runs_are_refused(tmp_path: Path) -> None:
+    py, site = _venv(tmp_path)
+    store = tmp_path / "store"
+    lock = store / "locks" / ("env-" + hashlib.sha256(bytes(site.resolve())).hexdigest())
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        r = _cli("slim-env", "--python", str(py), "--arch", "sm_90", "--store", str(store))
+    assert r.returncode == 1 and "another slimwheel process" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("point", ["pending", "replaced", "recorded", "restored"])
+def test_killed_runs_leave_a_consistent_environment(tmp_path: Path, point: str) -> None:
+    py, site = _venv(tmp_path)
+    store = str(tmp_path / "store")
+    before = _snapshot(site)
+    args = ["--python", str(py), "--store", store]
+    kill = dict(os.environ, SLIMWHEEL_TEST_KILL_AT=point)
+    if point == "restored":
+        assert _cli("slim-env", "--arch", "sm_90", *args).returncode == 0
+        r = subprocess.run([sys.executable, "-m", "slimwheel", "restore", *args], env=kill)
+    else:
+        r = subprocess.run(
+            [sys.executable, "-m", "slimwheel", "slim-env", "--arch", "sm_90", *args], env=kill
+        )
+    assert r.returncode == -9
+    assert _cli("status", *args).returncode == 0  # reconciles
+    _record_true(site)
+    assert _cli("restore", *args).returncode == 0
+    assert _snapshot(site) == before
+
+
+def test_no_backup_cannot_restore(tmp_path: Path) -> None:
+    py, _site = _venv(tmp_path)
+    args = ["--python", str(py), "--store", str(tmp_path / "store")]
+    assert _cli("slim-env", "--arch", "sm_90", "--no-backup", *args).returncode == 0
+    r = _cli("restore", *args)
+    assert r.returncode == 1 and "no original was kept" in r.stderr
