@@ -93,6 +93,9 @@ def _crash_point(name: str) -> None:
 # -- RECORD ---------------------------------------------------------------------
 
 
+# -- the records an installer keeps -------------------------------------------
+
+
 def _record_line(path: str, digest_hex: str, size: int) -> str:
     buf = io.StringIO()
     digest = record_hash(bytes.fromhex(digest_hex), digest=True)
@@ -100,54 +103,148 @@ def _record_line(path: str, digest_hex: str, size: int) -> str:
     return buf.getvalue()
 
 
-def _rewrite_record(site: Path, dist_info: str, path: str, line: str) -> str:
-    """Replace ``path``'s line of RECORD with ``line``; return the line it had.
+class PipRecords:
+    """RECORD files of ``*.dist-info`` in a site-packages directory."""
 
-    Only that line changes: every other byte of RECORD stays as the installer
-    wrote it, so a restore gives the file back byte for byte.
-    """
-    record = site / dist_info / "RECORD"
-    data = record.read_bytes().decode("utf-8")
-    lines = data.splitlines(keepends=True)
-    for i, text in enumerate(lines):
-        body = text.rstrip("\r\n")
-        fields = next(csv.reader([body]), [])
-        if fields and fields[0] == path:
-            lines[i] = line + text[len(body) :]
-            with atomic_output(record, mode=record.stat().st_mode) as f:
-                f.write("".join(lines).encode("utf-8"))
-            return body
-    raise EnvError(f"{dist_info}/RECORD does not list {path}", path=str(site))
+    kind = "pip"
 
+    def __init__(self, root: Path) -> None:
+        self.root = root
 
-def _current_line(site: Path, dist_info: str, path: str) -> str:
-    for text in (site / dist_info / "RECORD").read_text(encoding="utf-8").splitlines():
-        fields = next(csv.reader([text]), [])
-        if fields and fields[0] == path:
-            return text
-    raise EnvError(f"{dist_info}/RECORD does not list {path}", path=str(site))
-
-
-def _record_files(site: Path) -> Iterator[tuple[str, str]]:
-    """(dist-info dir, path) of every installed file inside ``site``."""
-    for info in sorted(site.glob("*.dist-info")):
-        record = info / "RECORD"
-        if not record.is_file():
-            continue
-        for row in csv.reader(io.StringIO(record.read_text(encoding="utf-8", errors="replace"))):
-            if not row or row[0].startswith(("..", "/")) or "__pycache__" in row[0]:
+    def files(self) -> Iterator[tuple[str, str]]:
+        """(owner: the .dist-info directory, path relative to root)."""
+        for info in sorted(self.root.glob("*.dist-info")):
+            record = info / "RECORD"
+            if not record.is_file():
                 continue
-            yield info.name, row[0]
+            text = record.read_text(encoding="utf-8", errors="replace")
+            for row in csv.reader(io.StringIO(text)):
+                if not row or row[0].startswith(("..", "/")) or "__pycache__" in row[0]:
+                    continue
+                yield info.name, row[0]
+
+    def _lines(self, owner: str) -> tuple[Path, list[str]]:
+        record = self.root / owner / "RECORD"
+        return record, record.read_bytes().decode("utf-8").splitlines(keepends=True)
+
+    def _find(self, owner: str, path: str, lines: list[str]) -> int:
+        for i, text in enumerate(lines):
+            fields = next(csv.reader([text.rstrip("\r\n")]), [])
+            if fields and fields[0] == path:
+                return i
+        raise EnvError(f"{owner}/RECORD does not list {path}", path=str(self.root))
+
+    def snapshot(self, owner: str, path: str) -> str:
+        """The line as the installer wrote it, to put back on restore."""
+        _record, lines = self._lines(owner)
+        return lines[self._find(owner, path, lines)].rstrip("\r\n")
+
+    def _replace(self, owner: str, path: str, line: str) -> None:
+        # Only that line changes: every other byte stays as the installer wrote it.
+        record, lines = self._lines(owner)
+        i = self._find(owner, path, lines)
+        body = lines[i].rstrip("\r\n")
+        lines[i] = line + lines[i][len(body) :]
+        with atomic_output(record, mode=record.stat().st_mode) as f:
+            f.write("".join(lines).encode("utf-8"))
+
+    def update(self, owner: str, path: str, sha256: str, size: int) -> None:
+        self._replace(owner, path, _record_line(path, sha256, size))
+
+    def put_back(self, owner: str, path: str, saved: str, *, last: bool) -> None:
+        self._replace(owner, path, saved)
+
+    def distribution(self, owner: str) -> str:
+        return owner[: -len(".dist-info")].rsplit("-", 1)[0]
+
+
+class CondaRecords:
+    """``conda-meta/*.json`` of a conda prefix: ``paths_data`` per package.
+
+    ``sha256``, ``sha256_in_prefix`` and ``size_in_bytes`` follow the slim
+    file, so ``conda doctor`` sees no altered files. The package's original
+    JSON bytes are kept in the store and written back when its last slimmed
+    file is restored.
+    """
+
+    kind = "conda"
+
+    def __init__(self, root: Path, store: Store) -> None:
+        self.root = root
+        self.store = store
+
+    def files(self) -> Iterator[tuple[str, str]]:
+        for meta in sorted((self.root / "conda-meta").glob("*.json")):
+            try:
+                doc = json.loads(meta.read_text())
+                for entry in doc.get("paths_data", {}).get("paths", []):
+                    yield meta.name, str(entry["_path"])
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise EnvError(f"unreadable conda record ({exc})", path=str(meta)) from None
+
+    def _meta(self, owner: str) -> Path:
+        return self.root / "conda-meta" / owner
+
+    def snapshot(self, owner: str, path: str) -> str:
+        meta = self._meta(owner)
+        sha = file_sha256(meta)
+        self.store.keep_original(meta, sha)
+        return sha
+
+    def _edit(self, owner: str, path: str, sha256: str, size: int) -> None:
+        meta = self._meta(owner)
+        doc = json.loads(meta.read_text())
+        for entry in doc["paths_data"]["paths"]:
+            if entry["_path"] == path:
+                entry["sha256"] = sha256
+                if "sha256_in_prefix" in entry or entry.get("path_type") == "hardlink":
+                    entry["sha256_in_prefix"] = sha256
+                entry["size_in_bytes"] = size
+                break
+        else:
+            raise EnvError(f"{owner} does not list {path}", path=str(self.root))
+        with atomic_output(meta, mode=meta.stat().st_mode) as f:
+            f.write((json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+    def update(self, owner: str, path: str, sha256: str, size: int) -> None:
+        self._edit(owner, path, sha256, size)
+
+    def put_back(self, owner: str, path: str, saved: str, *, last: bool) -> None:
+        original = self.store.original(saved)
+        if original is None:
+            raise EnvError(f"the original {owner} is not in the store", path=str(self.root))
+        if last:
+            with (
+                atomic_output(self._meta(owner), mode=self._meta(owner).stat().st_mode) as f,
+                open(original, "rb") as src,
+            ):
+                shutil.copyfileobj(src, f)
+            return
+        doc = json.loads(original.read_text())
+        for entry in doc["paths_data"]["paths"]:
+            if entry["_path"] == path:
+                self._edit(owner, path, entry["sha256"], int(entry["size_in_bytes"]))
+                return
+        raise EnvError(f"{owner} does not list {path}", path=str(self.root))
+
+    def distribution(self, owner: str) -> str:
+        return owner[: -len(".json")].rsplit("-", 2)[0]
+
+
+Records = PipRecords | CondaRecords
 
 
 # -- the environment ------------------------------------------------------------
 
 
 class Environment:
-    def __init__(self, site: Path, store: Store) -> None:
-        self.site = site
+    """A site-packages directory (pip records) or a conda prefix (conda-meta)."""
+
+    def __init__(self, root: Path, store: Store, *, conda: bool = False) -> None:
+        self.site = root
         self.store = store
-        self.state_path = site / STATE_FILE
+        self.records: Records = CondaRecords(root, store) if conda else PipRecords(root)
+        self.state_path = root / STATE_FILE
         self.entries: dict[str, Replaced] = {}
 
     # state file
@@ -207,17 +304,11 @@ class Environment:
             current = file_sha256(f) if f.is_file() else None
             if current == e.slim_sha256:
                 if e.state != "done":
-                    _rewrite_record(
-                        self.site,
-                        e.dist_info,
-                        e.path,
-                        _record_line(e.path, e.slim_sha256, e.slim_size),
-                    )
+                    self.records.update(e.dist_info, e.path, e.slim_sha256, e.slim_size)
                     e.state = "done"
                     changed = True
             elif current == e.original_sha256:
-                _rewrite_record(self.site, e.dist_info, e.path, e.record_line)
-                del self.entries[e.path]
+                self.put_back(e)
                 changed = True
             else:
                 # Reinstalled or upgraded since: pip owns the file again.
@@ -226,13 +317,23 @@ class Environment:
         if changed:
             self.save()
 
+    def put_back(self, e: Replaced) -> None:
+        """Records back to what the installer wrote; forget the entry."""
+        del self.entries[e.path]
+        last = not any(o.dist_info == e.dist_info for o in self.entries.values())
+        self.records.put_back(e.dist_info, e.path, e.record_line, last=last)
+
+    def wanted(self, owner: str, only: Sequence[str]) -> bool:
+        if not only:
+            return True
+        norm = {o.lower().replace("-", "_") for o in only}
+        return self.records.distribution(owner).lower().replace("-", "_") in norm
+
     # discovery
     def candidates(self, only: Sequence[str] = ()) -> list[tuple[str, str]]:
-        wanted = {o.lower().replace("-", "_") for o in only}
         out = []
-        for dist_info, rel in _record_files(self.site):
-            name = dist_info[: -len(".dist-info")].rsplit("-", 1)[0].lower().replace("-", "_")
-            if wanted and name not in wanted:
+        for dist_info, rel in self.records.files():
+            if not self.wanted(dist_info, only):
                 continue
             p = self.site / rel
             if ".so" not in p.name or p.is_symlink() or not p.is_file() or not is_elf(p):
@@ -263,8 +364,9 @@ def slim_env(
     dry_run: bool = False,
     backup: bool = True,
     progress: Callable[[str], None] | None = None,
+    conda: bool = False,
 ) -> list[EnvChange]:
-    env = Environment(site, store)
+    env = Environment(site, store, conda=conda)
     changes = []
     names = [t.name for t in targets]
     with env.locked():
@@ -316,16 +418,14 @@ def slim_env(
                 usage.digest() if usage else None,
                 backup,
                 "pending",
-                record_line=_current_line(site, dist_info, rel),
+                record_line=env.records.snapshot(dist_info, rel),
             )
             env.save()
             _crash_point("pending")
             with atomic_output(path, mode=mode) as out, open(entry.path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
             _crash_point("replaced")
-            _rewrite_record(
-                site, dist_info, rel, _record_line(rel, entry.meta["sha256"], entry.size)
-            )
+            env.records.update(dist_info, rel, entry.meta["sha256"], entry.size)
             _crash_point("recorded")
             env.entries[rel].state = "done"
             env.save()
@@ -333,14 +433,14 @@ def slim_env(
     return changes
 
 
-def restore_env(site: Path, store: Store, *, only: Sequence[str] = ()) -> list[EnvChange]:
-    env = Environment(site, store)
+def restore_env(
+    site: Path, store: Store, *, only: Sequence[str] = (), conda: bool = False
+) -> list[EnvChange]:
+    env = Environment(site, store, conda=conda)
     changes = []
-    wanted = {o.lower().replace("-", "_") for o in only}
     with env.locked():
         for rel, e in sorted(env.entries.items()):
-            name = e.dist_info[: -len(".dist-info")].rsplit("-", 1)[0].lower().replace("-", "_")
-            if wanted and name not in wanted:
+            if not env.wanted(e.dist_info, only):
                 continue
             original = store.original(e.original_sha256)
             if original is None:
@@ -356,14 +456,13 @@ def restore_env(site: Path, store: Store, *, only: Sequence[str] = ()) -> list[E
             with atomic_output(path, mode=mode) as out, open(original, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
             _crash_point("restored")
-            _rewrite_record(site, e.dist_info, rel, e.record_line)
-            del env.entries[rel]
+            env.put_back(e)
             env.save()
             changes.append(EnvChange(rel, e.slim_size, e.original_size))
     return changes
 
 
-def env_status(site: Path, store: Store) -> list[Replaced]:
-    env = Environment(site, store)
+def env_status(site: Path, store: Store, *, conda: bool = False) -> list[Replaced]:
+    env = Environment(site, store, conda=conda)
     with env.locked():
         return sorted(env.entries.values(), key=lambda e: e.path)

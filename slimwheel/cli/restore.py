@@ -21,7 +21,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 
 def execute(args: argparse.Namespace) -> int:
     store = Store(args.store) if args.store else Store()
-    for site in sites(args):
-        for c in restore_env(site, store, only=args.only):
+    for site, conda in sites(args):
+        for c in restore_env(site, store, only=args.only, conda=conda):
             print(f"{c.path}: restored ({human(c.after)})")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..env import site_dirs, slim_env
@@ -22,7 +23,9 @@ def add_env_options(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the environment's interpreter (default: the one running slimwheel)",
     )
-    p.add_argument("--prefix", metavar="DIR", help="a conda prefix (not supported yet)")
+    p.add_argument(
+        "--prefix", metavar="DIR", help="a conda prefix (its conda-meta records are kept in step)"
+    )
     p.add_argument(
         "--only",
         action="append",
@@ -35,10 +38,14 @@ def add_env_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def sites(args: argparse.Namespace) -> list[Any]:
+def sites(args: argparse.Namespace) -> list[tuple[Path, bool]]:
+    """(root, is a conda prefix) of each place to work on."""
     if args.prefix:
-        raise UsageError("--prefix (conda environments) is not supported yet; use --python")
-    return site_dirs(args.python)
+        prefix = Path(args.prefix).resolve()
+        if not (prefix / "conda-meta").is_dir():
+            raise UsageError(f"{args.prefix}: not a conda prefix (no conda-meta/)")
+        return [(prefix, True)]
+    return [(site, False) for site in site_dirs(args.python)]
 
 
 def configure_parser(sub: Any) -> argparse.ArgumentParser:
@@ -59,10 +66,11 @@ def execute(args: argparse.Namespace) -> int:
     targets = targets_from(args)
     store = Store(args.store) if args.store else Store()
     total_before = total_after = 0
-    for site in sites(args):
+    for site, conda in sites(args):
         changes = slim_env(
             site,
             store,
+            conda=conda,
             targets=targets,
             keep_ptx=args.keep_ptx,
             profile=profile_from(args),

@@ -22,8 +22,8 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 def execute(args: argparse.Namespace) -> int:
     store = Store(args.store) if args.store else Store()
     saved = 0
-    for site in sites(args):
-        for e in env_status(site, store):
+    for site, conda in sites(args):
+        for e in env_status(site, store, conda=conda):
             saved += e.original_size - e.slim_size
             profile = f", profile {e.profile_digest[:8]}" if e.profile_digest else ""
             backup = "" if e.backup else ", no backup"

@@ -6,6 +6,7 @@ import base64
 import csv
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -202,3 +203,62 @@ def test_no_backup_cannot_restore(tmp_path: Path) -> None:
     assert _cli("slim-env", "--arch", "sm_90", "--no-backup", *args).returncode == 0
     r = _cli("restore", *args)
     assert r.returncode == 1 and "no original was kept" in r.stderr
+
+
+def _conda_prefix(tmp_path: Path, lib: Path) -> Path:
+    """A prefix laid out as conda writes it: the files, and conda-meta with paths_data."""
+    prefix = tmp_path / "prefix"
+    (prefix / "lib").mkdir(parents=True)
+    (prefix / "conda-meta").mkdir()
+    (prefix / "lib" / "libfixture.so").write_bytes(lib.read_bytes())
+    (prefix / "lib" / "README.fixture").write_text("not a library\n")
+    paths = []
+    for rel in ("lib/README.fixture", "lib/libfixture.so"):
+        data = (prefix / rel).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        paths.append(
+            {
+                "_path": rel,
+                "path_type": "hardlink",
+                "sha256": digest,
+                "sha256_in_prefix": digest,
+                "size_in_bytes": len(data),
+            }
+        )
+    meta = {
+        "name": "fixture-cuda",
+        "version": "1.0",
+        "build": "cuda130_0",
+        "build_number": 0,
+        "channel": "https://conda.anaconda.org/local",
+        "subdir": "linux-64",
+        "files": [p["_path"] for p in paths],
+        "paths_data": {"paths": paths, "paths_version": 1},
+        "depends": [],
+        "requested_spec": "fixture-cuda",
+    }
+    # conda's own layout: two-space indent, keys sorted
+    (prefix / "conda-meta" / "fixture-cuda-1.0-cuda130_0.json").write_text(
+        json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    )
+    (prefix / "conda-meta" / "history").write_text("==> 2026-11-30 <==\n+local::fixture-cuda-1.0\n")
+    return prefix
+
+
+def test_conda_prefix(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    prefix = _conda_prefix(tmp_path, fixture_libs["big"])
+    before = _snapshot(prefix)
+    args = ["--prefix", str(prefix), "--store", str(tmp_path / "store")]
+    r = _cli("slim-env", "--arch", "sm_90", *args)
+    assert r.returncode == 0, r.stderr
+    lib = prefix / "lib" / "libfixture.so"
+    assert lib.stat().st_size < fixture_libs["big"].stat().st_size // 2
+    meta = json.loads((prefix / "conda-meta" / "fixture-cuda-1.0-cuda130_0.json").read_text())
+    entry = next(p for p in meta["paths_data"]["paths"] if p["_path"] == "lib/libfixture.so")
+    digest = hashlib.sha256(lib.read_bytes()).hexdigest()
+    assert entry["sha256"] == entry["sha256_in_prefix"] == digest
+    assert entry["size_in_bytes"] == lib.stat().st_size
+    assert "slimmed for sm_90" in _cli("status", *args).stdout
+    assert _cli("restore", *args).returncode == 0
+    assert _snapshot(prefix) == before, "files and conda-meta back byte for byte"
+    assert _cli("slim-env", "--arch", "sm_90", "--prefix", str(tmp_path)).returncode == 2
