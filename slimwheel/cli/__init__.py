@@ -15,6 +15,7 @@ from ..errors import SlimwheelError, UsageError
 from . import build as build_cmd
 from . import cache as cache_cmd
 from . import inspect as inspect_cmd
+from . import install as install_cmd
 from . import profile as profile_cmd
 from . import restore as restore_cmd
 from . import slim as slim_cmd
@@ -32,6 +33,7 @@ SUBCOMMANDS = (
     slim_env_cmd,
     restore_cmd,
     status_cmd,
+    install_cmd,
 )
 
 

@@ -262,3 +262,49 @@ def test_conda_prefix(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
     assert _cli("restore", *args).returncode == 0
     assert _snapshot(prefix) == before, "files and conda-meta back byte for byte"
     assert _cli("slim-env", "--arch", "sm_90", "--prefix", str(tmp_path)).returncode == 2
+
+
+def test_install_then_slim_what_pip_installed(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    wheel = local_wheel("nvidia-curand==10.4.0.35")
+    r = _cli(
+        "install",
+        "--python",
+        str(py),
+        "--arch",
+        "sm_90",
+        "--store",
+        str(tmp_path / "store"),
+        "--",
+        "--no-index",
+        "--no-deps",
+        "-q",
+        str(wheel),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "slimmed nvidia-curand" in r.stdout
+    site = next((venv / "lib").glob("python*/site-packages"))
+    assert (site / LIB).stat().st_size < 60_000_000
+    _record_true(site)
+    # pip reinstalling the slimmed distribution: the state forgets it, pip owns it again
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--force-reinstall",
+            str(wheel),
+        ],
+        check=True,
+    )
+    status = _cli("status", "--python", str(py), "--store", str(tmp_path / "store"))
+    assert status.returncode == 0 and "slimmed for" not in status.stdout
+    _record_true(site)

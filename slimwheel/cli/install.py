@@ -1,0 +1,85 @@
+"""``slimwheel install --arch TARGET -- PIP_ARGS...``: pip install, then slim what it installed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from ..env import site_dirs, slim_env
+from ..errors import InputError, UsageError
+from ..store import Store
+from .inspect import human
+from .options import add_profile_options, add_target_options, profile_from, targets_from
+
+HELP = "run pip install, then slim exactly the distributions pip installed or upgraded"
+
+
+def configure_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "install", help=HELP, description=HELP + ". Usage: slimwheel install --arch GPU -- PIP_ARGS"
+    )
+    add_target_options(p, required=True)
+    add_profile_options(p)
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PATH",
+        help="the environment's interpreter (default: the one running slimwheel)",
+    )
+    p.add_argument(
+        "--store", metavar="DIR", help="the store (default: $SLIMWHEEL_STORE or the user cache)"
+    )
+    p.add_argument("pip_args", nargs=argparse.REMAINDER, metavar="-- PIP_ARGS")
+    return p
+
+
+def _pip(python: str) -> list[str]:
+    """The environment's own pip, or this one's pointed at it (pip >= 22.3)."""
+    own = subprocess.run([python, "-m", "pip", "--version"], capture_output=True)
+    return (
+        [python, "-m", "pip"]
+        if own.returncode == 0
+        else [sys.executable, "-m", "pip", "--python", python]
+    )
+
+
+def execute(args: argparse.Namespace) -> int:
+    targets = targets_from(args)
+    pip_args = list(args.pip_args)
+    if pip_args and pip_args[0] == "--":
+        pip_args = pip_args[1:]
+    if not pip_args:
+        raise UsageError("usage: slimwheel install --arch GPU -- PIP_ARGS...")
+    with tempfile.TemporaryDirectory(prefix="slimwheel-install-") as tmp:
+        report = os.path.join(tmp, "report.json")
+        proc = subprocess.run([*_pip(args.python), "install", "--report", report, *pip_args])
+        if proc.returncode != 0:
+            return proc.returncode
+        try:
+            with open(report) as f:
+                installed = [i["metadata"]["name"] for i in json.load(f).get("install", [])]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"cannot read pip's installation report ({exc})") from None
+    if not installed:
+        print("pip installed nothing; nothing to slim")
+        return 0
+    store = Store(args.store) if args.store else Store()
+    saved = 0
+    for site in site_dirs(args.python):
+        for c in slim_env(
+            site,
+            store,
+            targets=targets,
+            keep_ptx=args.keep_ptx,
+            profile=profile_from(args),
+            only=installed,
+        ):
+            print(f"{c.path}: {human(c.before)} -> {human(c.after)}")
+            saved += c.before - c.after
+    print(f"slimmed {', '.join(installed)}: saved {human(saved)}")
+    return 0
