@@ -308,3 +308,31 @@ def test_install_then_slim_what_pip_installed(tmp_path: Path) -> None:
     status = _cli("status", "--python", str(py), "--store", str(tmp_path / "store"))
     assert status.returncode == 0 and "slimmed for" not in status.stdout
     _record_true(site)
+
+
+def test_torch_environment(tmp_path: Path) -> None:
+    """torch 2.14.1 with its nvidia-* dependencies, slimmed in place and restored."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "torch==2.14.1"],
+        check=True,
+    )
+    site = next((venv / "lib").glob("python*/site-packages"))
+    before = _snapshot(site)
+    args = ["--python", str(py), "--store", str(tmp_path / "store")]
+    r = _cli("slim-env", "--arch", "sm_90", *args)
+    assert r.returncode == 0, r.stderr
+    assert (site / "torch/lib/libtorch_cuda.so").stat().st_size < 300_000_000
+    _record_true(site)
+    check = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout
+    imported = subprocess.run(
+        [str(py), "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    )
+    assert imported.returncode == 0 and "2.14.1" in imported.stdout, imported.stderr[-2000:]
+    assert _cli("restore", *args).returncode == 0
+    assert _snapshot(site) == before
