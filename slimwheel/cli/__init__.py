@@ -14,6 +14,7 @@ from .. import __version__
 from ..errors import SlimwheelError, UsageError
 from . import build as build_cmd
 from . import cache as cache_cmd
+from . import index as index_cmd
 from . import inspect as inspect_cmd
 from . import install as install_cmd
 from . import profile as profile_cmd
@@ -34,6 +35,7 @@ SUBCOMMANDS = (
     restore_cmd,
     status_cmd,
     install_cmd,
+    index_cmd,
 )
 
 

@@ -8,10 +8,12 @@ import os
 import sys
 import tempfile
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..build import BuildOptions, WheelResult, build_wheels, default_label, download
 from ..errors import UsageError
+from ..index import build_index
 from ..store import Store
 from .inspect import human
 from .options import (
@@ -46,6 +48,11 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     add_target_options(p, required=True)
     add_profile_options(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="where the wheels go")
+    p.add_argument(
+        "--publish",
+        metavar="SITE",
+        help="then add the built wheels to this static index (see slimwheel index)",
+    )
     p.add_argument(
         "--deps",
         action="store_true",
@@ -138,6 +145,10 @@ def execute(args: argparse.Namespace) -> int:
             raise UsageError("no wheels found in the inputs")
         with wheel_progress(enabled=not args.quiet) as progress:
             results = build_wheels(wheels, args.output, opts, store, progress=progress)
+    if args.publish:
+        site = Path(args.publish)
+        sources = [site / "files"] if (site / "files").is_dir() else []
+        build_index([*sources, Path(args.output)], site)
     if args.json:
         json.dump(results_document(results, opts), sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -1,0 +1,231 @@
+"""``slimwheel index``: per-target static indexes that pip installs from."""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slimwheel.cli import main
+from slimwheel.serve import serving
+from tests.helpers import local_wheel
+from tests.integration.test_build import make_wheel
+
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[dict[str, str | None]] = []
+        self.meta: dict[str, str | None] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.links.append(dict(attrs))
+        elif tag == "meta":
+            d = dict(attrs)
+            self.meta[str(d.get("name"))] = d.get("content")
+
+
+def _parse(page: Path) -> _Links:
+    p = _Links()
+    p.feed(page.read_text())
+    return p
+
+
+def _site(tmp_path: Path, fixture_libs: dict[str, Path]) -> Path:
+    lib = fixture_libs["many_size"].read_bytes()
+    src = tmp_path / "src"
+    src.mkdir()
+    gpu = make_wheel(src, "Demo_GPU", "1.0", {"demo_gpu/lib.so": lib})
+    plain = make_wheel(tmp_path, "pure_pkg", "2.0", {"pure_pkg/__init__.py": b""})
+    store = str(tmp_path / "store")
+    for arch in ("sm_80", "sm_90"):
+        assert (
+            main(
+                [
+                    "build",
+                    str(gpu),
+                    "--arch",
+                    arch,
+                    "-o",
+                    str(tmp_path / arch),
+                    "-q",
+                    "--store",
+                    store,
+                ]
+            )
+            == 0
+        )
+    site = tmp_path / "site"
+    assert (
+        main(
+            ["index", str(tmp_path / "sm_80"), str(tmp_path / "sm_90"), str(plain), "-o", str(site)]
+        )
+        == 0
+    )
+    return site
+
+
+def test_pages_follow_the_peps(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = _site(tmp_path, fixture_libs)
+    assert sorted(p.name for p in site.iterdir()) == ["files", "simple", "sm_80", "sm_90"]
+    root = _parse(site / "sm_90/simple/index.html")
+    assert root.meta["pypi:repository-version"] == "1.1"
+    assert sorted(str(a["href"]) for a in root.links) == ["demo-gpu/", "pure-pkg/"]
+    assert [str(a["href"]) for a in _parse(site / "simple/index.html").links] == ["pure-pkg/"]
+    page = site / "sm_90/simple/demo-gpu/index.html"
+    (link,) = _parse(page).links
+    href = str(link["href"])
+    url, _, frag = href.partition("#")
+    wheel = (page.parent / url).resolve()
+    assert wheel.name == "demo_gpu-1.0+sm90-py3-none-linux_x86_64.whl"
+    assert frag == "sha256=" + hashlib.sha256(wheel.read_bytes()).hexdigest()
+    metadata = Path(str(wheel) + ".metadata").read_bytes()
+    assert b"Version: 1.0+sm90" in metadata
+    meta_hash = "sha256=" + hashlib.sha256(metadata).hexdigest()
+    assert link["data-core-metadata"] == link["data-dist-info-metadata"] == meta_hash
+    doc = json.loads((page.parent / "index.v1.json").read_text())
+    assert doc["meta"] == {"api-version": "1.1"} and doc["name"] == "demo-gpu"
+    assert doc["versions"] == ["1.0+sm90"]  # PEP 700
+    (f,) = doc["files"]
+    assert f["hashes"] == {"sha256": frag[7:]} and f["size"] == wheel.stat().st_size
+    assert f["core-metadata"] == {"sha256": meta_hash[7:]}  # PEP 714
+    root_json = json.loads((site / "sm_80/simple/index.v1.json").read_text())
+    assert [p["name"] for p in root_json["projects"]] == ["demo-gpu", "pure-pkg"]
+    sm80 = json.loads((site / "sm_80/simple/demo-gpu/index.v1.json").read_text())
+    assert sm80["versions"] == ["1.0+sm80"]
+
+
+def test_updates_are_incremental_and_complete(
+    fixture_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    site = _site(tmp_path, fixture_libs)
+    page = site / "sm_90/simple/demo-gpu/index.html"
+    before = page.stat()
+    extra = make_wheel(tmp_path, "other_pkg", "0.1", {"other_pkg/x.py": b"x = 1\n"})
+    sources = [str(tmp_path / "sm_80"), str(tmp_path / "sm_90"), str(extra)]
+    assert main(["index", *sources, "-o", str(site)]) == 0
+    assert (site / "simple/other-pkg/index.html").is_file()
+    assert not (site / "simple/pure-pkg").exists(), "a wheel gone from the sources is gone"
+    after = page.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert [p.name for p in site.parent.iterdir() if p.name.startswith(".site")] == []
+
+
+def test_bad_wheels_are_refused(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    make_wheel(a, "same", "1.0", {"same/x.py": b"1"})
+    make_wheel(b, "same", "1.0", {"same/x.py": b"2"})
+    site = tmp_path / "site"
+    assert main(["index", str(a), str(b), "-o", str(site)]) == 1
+    assert "two different files named" in capsys.readouterr().err
+    assert not site.exists()
+    liar = make_wheel(tmp_path, "liar", "1.0", {"liar/x.py": b""})
+    # METADATA that names another project than the file name
+    import zipfile
+
+    bad = tmp_path / "bad" / liar.name
+    bad.parent.mkdir()
+    with zipfile.ZipFile(liar) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("METADATA"):
+                data = data.replace(b"Name: liar", b"Name: somebody-else")
+            zout.writestr(info, data)
+    assert main(["index", str(bad.parent), "-o", str(site)]) == 1
+    err = capsys.readouterr().err
+    assert "liar" in err and err.count("\n") == 1
+    assert not site.exists()
+
+
+def test_serve_negotiates(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    import urllib.request
+
+    site = _site(tmp_path, fixture_libs)
+    with serving(site) as url:
+        req = urllib.request.Request(url + "/sm_90/simple/demo-gpu/", headers={"Accept": JSON_TYPE})
+        with urllib.request.urlopen(req) as r:
+            assert r.headers["Content-Type"] == JSON_TYPE
+            assert json.load(r)["name"] == "demo-gpu"
+        req = urllib.request.Request(
+            url + "/sm_90/simple/demo-gpu/", headers={"Accept": "text/html"}
+        )
+        with urllib.request.urlopen(req) as r:
+            assert r.headers["Content-Type"] == "text/html"
+            assert b"<a href=" in r.read()
+
+
+@pytest.mark.slow
+def test_pip_installs_the_build_for_its_index(tmp_path: Path) -> None:
+    wheel = local_wheel("nvidia-curand==10.4.0.35")
+    store = str(tmp_path / "store")
+    site = tmp_path / "site"
+    for arch in ("sm_80", "sm_90"):
+        assert (
+            main(
+                [
+                    "build",
+                    str(wheel),
+                    "--arch",
+                    arch,
+                    "-o",
+                    str(tmp_path / arch),
+                    "-q",
+                    "--store",
+                    store,
+                    "--publish",
+                    str(site),
+                ]
+            )
+            == 0
+        )
+    log = io.StringIO()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull  # only our index, not the machine's pip configuration
+    with serving(site, log) as url:
+        for arch, label in (("sm_90", "+sm90"), ("sm_80", "+sm80")):
+            venv = tmp_path / f"venv-{arch}"
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+            py = str(venv / "bin" / "python")
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "--python",
+                    py,
+                    "install",
+                    "-q",
+                    "--no-deps",
+                    "--index-url",
+                    f"{url}/{arch}/simple/",
+                    "nvidia-curand",
+                ],
+                check=True,
+                env=env,
+            )
+            shown = subprocess.run(
+                [sys.executable, "-m", "pip", "--python", py, "show", "nvidia-curand"],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            assert f"Version: 10.4.0.35{label}" in shown.stdout
+    text = log.getvalue()
+    assert ".whl.metadata" in text, "pip fetched the PEP 658 metadata file"
+    assert "index.v1.json" in text, "pip used the JSON API (PEP 691)"
