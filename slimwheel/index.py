@@ -276,6 +276,138 @@ def write_site(site: Path, contents: dict[str, bytes | Path]) -> dict[str, int]:
     return stats
 
 
-def build_index(sources: Sequence[Path], site: Path) -> tuple[list[IndexedWheel], dict[str, int]]:
+def build_index(
+    sources: Sequence[Path], site: Path, *, variants: bool = False
+) -> tuple[list[IndexedWheel], dict[str, int]]:
     wheels = collect_wheels(sources)
-    return wheels, write_site(site, site_contents(wheels))
+    contents = site_contents(wheels)
+    if not variants:
+        return wheels, write_site(site, contents)
+    site.resolve().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=site.resolve().parent, prefix=".variants-") as work:
+        contents.update(variant_contents(wheels, Path(work)))
+        return wheels, write_site(site, contents)
+
+
+# -- wheel variants (experimental) ------------------------------------------------
+
+VARIANT_SCHEMA = "https://variants-schema.wheelnext.dev/v0.0.2.json"
+
+
+def variant_label(targets: str) -> str:
+    """``sm_80-sm_90`` -> ``sm80_sm90`` (a variant label: [a-z0-9_.], at most 16)."""
+    label = "_".join(t.replace("_", "") for t in targets.split("-"))
+    return label[:16]
+
+
+def variant_properties(targets: str) -> dict[str, dict[str, list[str]]]:
+    """``nvidia :: sm_arch :: 90_real`` for each target GPU."""
+    return {"nvidia": {"sm_arch": [f"{t[3:]}_real" for t in targets.split("-")]}}
+
+
+def _variant_doc(variants: dict[str, dict[str, dict[str, list[str]]]]) -> dict[str, object]:
+    return {
+        "$schema": VARIANT_SCHEMA,
+        "default-priorities": {"namespace": ["nvidia"]},
+        "providers": {"nvidia": {"requires": ["nvidia-variant-provider"], "optional": False}},
+        "variants": variants,
+    }
+
+
+def make_variant_wheel(w: IndexedWheel, dest_dir: Path) -> tuple[Path, str]:
+    """A copy of a target wheel as a wheel variant: the public version, the
+    variant label as the file name's last part, ``variant.json`` in ``.dist-info``."""
+    import calendar
+
+    from .wheel import (
+        WheelWriter,
+        canonical_order,
+        escape_name,
+        member_mode,
+        write_record,
+    )
+
+    assert w.targets is not None
+    label = variant_label(w.targets)
+    info = open_wheel(str(w.path), check_hashes=False)
+    public = Version(w.version.public)
+    new_di = f"{escape_name(info.name)}-{public}.dist-info"
+    name = f"{escape_name(info.name)}-{public}-{info.tags}-{label}.whl"
+    members = {m.filename: m for m in info.members if not m.is_dir()}
+    renamed: dict[str, str] = {}
+    for old in members:
+        rest = old[len(info.dist_info) + 1 :] if old.startswith(info.dist_info + "/") else None
+        if rest == "RECORD":
+            continue
+        renamed[f"{new_di}/{rest}" if rest is not None else old] = old
+    variant_json = (
+        json.dumps(_variant_doc({label: variant_properties(w.targets)}), indent=1, sort_keys=True)
+        + "\n"
+    ).encode()
+    metadata = w.metadata.decode("utf-8").replace(f"Version: {w.version}", f"Version: {public}")
+    order = canonical_order([*renamed, f"{new_di}/variant.json"], new_di)
+    newest = max(m.date_time for m in info.members)
+    out = dest_dir / name
+    record: list[tuple[str, str, int | None]] = []
+    with open(out, "wb") as f, open(w.path, "rb") as src:
+        writer = WheelWriter(f, timestamp=float(calendar.timegm((*newest, 0, 0, 0))))
+        for member in order[:-1]:
+            if member == f"{new_di}/variant.json":
+                h, size = writer.add_stream(member, iter([variant_json]), 0o100644)
+            elif member == f"{new_di}/METADATA":
+                h, size = writer.add_stream(member, iter([metadata.encode()]), 0o100644)
+            else:
+                zi = members[renamed[member]]
+                writer.add_raw(member, src, zi, member_mode(zi))
+                entry = info.record[renamed[member]]
+                h, size = entry.hash, entry.size or zi.file_size
+            record.append((member, h, size))
+        record.append((order[-1], "", None))
+        writer.add_stream(order[-1], iter([write_record(record)]), 0o100644)
+        writer.close()
+    return out, label
+
+
+def variant_contents(wheels: list[IndexedWheel], work: Path) -> dict[str, bytes | Path]:
+    """``variants/simple/``: every target build of a version as a variant of it,
+    with ``<name>-<version>-variants.json`` beside the files."""
+    out: dict[str, bytes | Path] = {}
+    by_version: dict[tuple[str, str], list[tuple[IndexedWheel, Path, str]]] = defaultdict(list)
+    for w in wheels:
+        if w.targets is None:
+            continue
+        path, label = make_variant_wheel(w, work)
+        by_version[(w.project, w.version.public)].append((w, path, label))
+    projects = sorted({p for p, _ in by_version})
+    out.update({f"variants/{PLAIN}/{k}": v for k, v in root_pages(projects).items()})
+    for project in projects:
+        links, files = [], []
+        for (proj, version), items in sorted(by_version.items()):
+            if proj != project:
+                continue
+            first = items[0][0]
+            doc = _variant_doc(
+                {label: variant_properties(w.targets or "") for w, _p, label in items}
+            )
+            vjson = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+            vname = f"{first.path.name.split('-', 1)[0]}-{version}-variants.json"
+            out[f"variants/files/{vname}"] = vjson
+            entries: list[tuple[str, Path | None, str]] = [
+                (p.name, p, file_sha256(p)) for _w, p, _l in items
+            ]
+            entries.append((vname, None, hashlib.sha256(vjson).hexdigest()))
+            for fname, vpath, digest in sorted(entries, key=lambda e: e[0]):
+                if vpath is not None:
+                    out[f"variants/files/{fname}"] = vpath
+                links.append(
+                    f'<a href="../../files/{html.escape(fname)}#sha256={digest}">'
+                    f"{html.escape(fname)}</a><br>"
+                )
+                files.append(
+                    {"filename": fname, "url": f"../../files/{fname}", "hashes": {"sha256": digest}}
+                )
+        out[f"variants/{PLAIN}/{project}/index.html"] = _html_page(f"Links for {project}", links)
+        out[f"variants/{PLAIN}/{project}/index.v1.json"] = _json(
+            {"meta": {"api-version": REPOSITORY_VERSION}, "name": project, "files": files}
+        )
+    return out

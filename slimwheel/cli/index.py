@@ -25,6 +25,12 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="SITE", help="the site directory to write")
     p.add_argument("--port", type=int, default=8000, help="serve: the port on 127.0.0.1")
     p.add_argument("--log", metavar="FILE", help="serve: write the request log here")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="EXPERIMENTAL: also publish the target builds as wheel variants "
+        "(PEP 817/825 drafts) in SITE/variants/simple/",
+    )
     p.add_argument("words", nargs="+", metavar="DIR | serve SITE")
     return p
 
@@ -48,7 +54,7 @@ def execute(args: argparse.Namespace) -> int:
     for s in sources:
         if not s.exists():
             raise UsageError(f"{s}: no such directory or wheel")
-    wheels, stats = build_index(sources, Path(args.output))
+    wheels, stats = build_index(sources, Path(args.output), variants=args.variants)
     targets = sorted({w.targets for w in wheels if w.targets})
     print(
         f"{args.output}: {len(wheels)} wheels; indexes: simple/"

@@ -229,3 +229,48 @@ def test_pip_installs_the_build_for_its_index(tmp_path: Path) -> None:
     text = log.getvalue()
     assert ".whl.metadata" in text, "pip fetched the PEP 658 metadata file"
     assert "index.v1.json" in text, "pip used the JSON API (PEP 691)"
+
+
+def test_variants_are_experimental_and_separate(
+    fixture_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    import csv as csv_mod
+    import zipfile
+
+    site = _site(tmp_path, fixture_libs)
+    plain_pages = {p: p.read_bytes() for p in site.rglob("*.html")}
+    sources = [str(tmp_path / "sm_80"), str(tmp_path / "sm_90")]
+    sources.append(str(next(tmp_path.glob("pure_pkg-*.whl"))))
+    assert main(["index", *sources, "-o", str(site), "--variants"]) == 0
+    for page, content in plain_pages.items():
+        assert page.read_bytes() == content, "--variants changes no default output"
+    files = sorted(p.name for p in (site / "variants/files").iterdir())
+    assert files == [
+        "demo_gpu-1.0-py3-none-linux_x86_64-sm80.whl",
+        "demo_gpu-1.0-py3-none-linux_x86_64-sm90.whl",
+        "demo_gpu-1.0-variants.json",
+    ]
+    doc = json.loads((site / "variants/files/demo_gpu-1.0-variants.json").read_text())
+    assert doc["variants"] == {
+        "sm80": {"nvidia": {"sm_arch": ["80_real"]}},
+        "sm90": {"nvidia": {"sm_arch": ["90_real"]}},
+    }
+    wheel = site / "variants/files/demo_gpu-1.0-py3-none-linux_x86_64-sm90.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        assert json.loads(zf.read("demo_gpu-1.0.dist-info/variant.json"))["variants"] == {
+            "sm90": {"nvidia": {"sm_arch": ["90_real"]}}
+        }
+        assert b"Version: 1.0\n" in zf.read("demo_gpu-1.0.dist-info/METADATA")
+        record = zf.read("demo_gpu-1.0.dist-info/RECORD").decode()
+        for path, h, _size in csv_mod.reader(record.splitlines()):
+            if h:
+                digest = hashlib.sha256(zf.read(path)).digest()
+                import base64
+
+                assert h == "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    (link,) = [
+        a
+        for a in _parse(site / "variants/simple/demo-gpu/index.html").links
+        if "sm90" in str(a["href"])
+    ]
+    assert str(link["href"]).startswith("../../files/")
