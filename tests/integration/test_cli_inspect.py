@@ -177,7 +177,20 @@ def test_console_script_and_module(fixture_libs: dict[str, Path], tmp_path: Path
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "trunc.so" in proc.stderr
     assert "Traceback" not in proc.stderr
-    for sub in ([], ["inspect"]):
+    subcommands = [
+        "inspect",
+        "slim",
+        "verify",
+        "build",
+        "cache",
+        "profile",
+        "slim-env",
+        "restore",
+        "status",
+        "install",
+        "index",
+    ]
+    for sub in ([], *[[c] for c in subcommands]):
         help_out = subprocess.run(
             [sys.executable, "-m", "slimwheel", *sub, "--help"], capture_output=True, text=True
         )
