@@ -14,14 +14,15 @@ from typing import Any
 from ..build import BuildOptions, WheelResult, build_wheels, default_label, download
 from ..errors import UsageError
 from ..index import build_index
-from ..store import Store
 from .inspect import human
 from .options import (
     add_output_options,
     add_profile_options,
+    add_store_option,
     add_target_options,
     make_console,
     profile_from,
+    store_from,
     targets_from,
 )
 from .progress import wheel_progress
@@ -79,11 +80,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="libraries slimmed in parallel (default: the machine's cores)",
     )
-    p.add_argument(
-        "--store",
-        metavar="DIR",
-        help="store of slimmed libraries (default: $SLIMWHEEL_STORE or the user cache)",
-    )
+    add_store_option(p)
     add_output_options(p)
     return p
 
@@ -126,7 +123,7 @@ def execute(args: argparse.Namespace) -> int:
     if opts.profile_digest and not args.local_label and label:
         # A profile-slimmed build is another build: say so in the version.
         opts = replace(opts, label=f"{label}.p{opts.profile_digest[:8]}")
-    store = Store(args.store) if args.store else Store()
+    store = store_from(args)
     wheels: list[str] = []
     requirements: list[str] = []
     for item in args.inputs:

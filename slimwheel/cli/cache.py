@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..store import Store
 from .inspect import human
-from .options import parse_size
+from .options import add_store_option, parse_size, store_from
 
 HELP = "show or trim the store of slimmed libraries"
 
 
 def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser("cache", help=HELP, description=HELP + ".")
-    p.add_argument(
-        "--store", metavar="DIR", help="the store (default: $SLIMWHEEL_STORE or the user cache)"
-    )
+    add_store_option(p)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     actions.add_parser("info", help="where the store is and how big")
@@ -28,7 +25,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    store = Store(args.store) if args.store else Store()
+    store = store_from(args)
     if args.action == "info":
         entries = store.entries()
         print(f"store: {store.root}")

@@ -12,9 +12,15 @@ from typing import Any
 
 from ..env import site_dirs, slim_env
 from ..errors import InputError, UsageError
-from ..store import Store
 from .inspect import human
-from .options import add_profile_options, add_target_options, profile_from, targets_from
+from .options import (
+    add_profile_options,
+    add_store_option,
+    add_target_options,
+    profile_from,
+    store_from,
+    targets_from,
+)
 
 HELP = "run pip install, then slim exactly the distributions pip installed or upgraded"
 
@@ -31,9 +37,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="PATH",
         help="the environment's interpreter (default: the one running slimwheel)",
     )
-    p.add_argument(
-        "--store", metavar="DIR", help="the store (default: $SLIMWHEEL_STORE or the user cache)"
-    )
+    add_store_option(p)
     p.add_argument("pip_args", nargs=argparse.REMAINDER, metavar="-- PIP_ARGS")
     return p
 
@@ -68,7 +72,7 @@ def execute(args: argparse.Namespace) -> int:
     if not installed:
         print("pip installed nothing; nothing to slim")
         return 0
-    store = Store(args.store) if args.store else Store()
+    store = store_from(args)
     saved = 0
     for site in site_dirs(args.python):
         for c in slim_env(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..arch import Target, parse_targets
 from ..profile import LibraryUsage, Profile, load_profile, merge
+from ..store import Store
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -85,6 +86,18 @@ def usage_for(
             file=sys.stderr,
         )
     return usage
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="DIR",
+        help="the store of slimmed libraries (default: $SLIMWHEEL_STORE or the user cache)",
+    )
+
+
+def store_from(args: argparse.Namespace) -> Store:
+    return Store(args.store) if args.store else Store()
 
 
 def make_console() -> Console:

@@ -12,8 +12,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..profile import build_recorder, load_profile, merge, record, save_profile
-from ..store import Store
-from .options import make_console
+from .options import add_store_option, make_console, store_from
 
 HELP = "record which kernels a command launches (profile), or merge / show profiles"
 
@@ -26,7 +25,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         "slimwheel profile merge A.json B.json -o C.json; slimwheel profile show P.json",
     )
     p.add_argument("-o", "--output", metavar="OUT", help="the profile to write")
-    p.add_argument("--store", metavar="DIR", help="where the compiled recorder is cached")
+    add_store_option(p)
     p.add_argument("words", nargs=argparse.REMAINDER, metavar="-- COMMAND | merge | show")
     return p
 
@@ -58,7 +57,7 @@ def execute(args: argparse.Namespace) -> int:
         raise UsageError("usage: slimwheel profile -o OUT.json -- COMMAND...")
     if not args.output:
         raise UsageError("profile: -o OUT.json is required")
-    store = Store(args.store) if args.store else Store()
+    store = store_from(args)
     code, profile = record(words, build_recorder(store))
     save_profile(profile, args.output)
     kernels = sum(len(lib.kernels) for lib in profile.libraries)

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from ..env import restore_env
-from ..store import Store
 from .inspect import human
+from .options import store_from
 from .slim_env import add_env_options, sites
 
 HELP = "restore the original libraries of an environment slimmed with slim-env"
@@ -20,7 +20,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    store = Store(args.store) if args.store else Store()
+    store = store_from(args)
     for site, conda in sites(args):
         for c in restore_env(site, store, only=args.only, conda=conda):
             print(f"{c.path}: restored ({human(c.after)})")

@@ -9,9 +9,15 @@ from typing import Any
 
 from ..env import site_dirs, slim_env
 from ..errors import UsageError
-from ..store import Store
 from .inspect import human
-from .options import add_profile_options, add_target_options, profile_from, targets_from
+from .options import (
+    add_profile_options,
+    add_store_option,
+    add_target_options,
+    profile_from,
+    store_from,
+    targets_from,
+)
 
 HELP = "slim every CUDA library of an installed environment in place (undo: restore)"
 
@@ -33,9 +39,7 @@ def add_env_options(p: argparse.ArgumentParser) -> None:
         metavar="DIST",
         help="only these distributions (repeatable)",
     )
-    p.add_argument(
-        "--store", metavar="DIR", help="the store (default: $SLIMWHEEL_STORE or the user cache)"
-    )
+    add_store_option(p)
 
 
 def sites(args: argparse.Namespace) -> list[tuple[Path, bool]]:
@@ -64,7 +68,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 
 def execute(args: argparse.Namespace) -> int:
     targets = targets_from(args)
-    store = Store(args.store) if args.store else Store()
+    store = store_from(args)
     total_before = total_after = 0
     for site, conda in sites(args):
         changes = slim_env(

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from ..env import env_status
-from ..store import Store
 from .inspect import human
+from .options import store_from
 from .slim_env import add_env_options, sites
 
 HELP = "show which libraries of an environment are slimmed, and the space saved"
@@ -20,7 +20,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    store = Store(args.store) if args.store else Store()
+    store = store_from(args)
     saved = 0
     for site, conda in sites(args):
         for e in env_status(site, store, conda=conda):
