@@ -111,10 +111,6 @@ def parse_targets(specs: Iterable[str]) -> tuple[Target, ...]:
     return tuple(sorted(out))
 
 
-def format_targets(targets: Sequence[Target]) -> str:
-    return ",".join(t.name for t in targets)
-
-
 def native_targets() -> list[Target]:
     """Compute capabilities of this machine's GPUs, asked of the NVIDIA driver."""
     try:

@@ -320,12 +320,6 @@ class ElfFile:
                 return s
         return None
 
-    def section_at_vaddr(self, vaddr: int) -> Section | None:
-        for s in self.sections:
-            if s.alloc and s.addr <= vaddr < s.addr + s.size:
-                return s
-        return None
-
     @property
     def loads(self) -> list[Segment]:
         return [p for p in self.segments if p.type == PT.LOAD]

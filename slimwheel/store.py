@@ -196,9 +196,6 @@ class Store:
                 out.append(e)
         return out
 
-    def total_size(self) -> int:
-        return sum(e.size for e in self.entries())
-
     def remove(self, key: str) -> None:
         with self._lock(key):
             shutil.rmtree(self._dir(key), ignore_errors=True)

@@ -23,7 +23,6 @@ import csv
 import hashlib
 import io
 import os
-import posixpath
 import re
 import stat
 import struct
@@ -395,7 +394,3 @@ def write_record(entries: list[tuple[str, str, int | None]]) -> bytes:
     for path, h, size in entries:
         w.writerow([path, h, "" if size is None else str(size)])
     return buf.getvalue().encode()
-
-
-def posix_join(*parts: str) -> str:
-    return posixpath.join(*parts)

@@ -50,10 +50,14 @@ def repack(dist: metadata.Distribution, dest: Path) -> Path:
             path = site / rel
             if not path.is_file():
                 continue
-            data = path.read_bytes()
-            zf.writestr(zipfile.ZipInfo(rel, date_time=(2024, 1, 1, 0, 0, 0)), data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            rows.append([rel, f"sha256={digest}", str(len(data))])
+            info = zipfile.ZipInfo(rel, date_time=(2024, 1, 1, 0, 0, 0))
+            h = hashlib.sha256()
+            with open(path, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
+                while chunk := src.read(1 << 20):  # libraries are hundreds of MB
+                    h.update(chunk)
+                    dst.write(chunk)
+            digest = base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
+            rows.append([rel, f"sha256={digest}", str(path.stat().st_size)])
         rows.append([f"{info_dir}/RECORD", "", ""])
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(rows)

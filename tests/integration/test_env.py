@@ -24,10 +24,14 @@ pytestmark = pytest.mark.slow
 LIB = "nvidia/cu13/lib/libcurand.so.10"
 
 
-def _venv(tmp_path: Path) -> tuple[Path, Path]:
+def _empty_venv(tmp_path: Path) -> Path:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
+    return venv / "bin" / "python"
+
+
+def _venv(tmp_path: Path) -> tuple[Path, Path]:
+    py = _empty_venv(tmp_path)
     subprocess.run(
         [
             sys.executable,
@@ -265,9 +269,8 @@ def test_conda_prefix(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_install_then_slim_what_pip_installed(tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
+    py = _empty_venv(tmp_path)
+    venv = py.parent.parent
     wheel = local_wheel("nvidia-curand==10.4.0.35")
     r = _cli(
         "install",
@@ -312,9 +315,8 @@ def test_install_then_slim_what_pip_installed(tmp_path: Path) -> None:
 
 def test_torch_environment(tmp_path: Path) -> None:
     """torch 2.14.1 with its nvidia-* dependencies, slimmed in place and restored."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
+    py = _empty_venv(tmp_path)
+    venv = py.parent.parent
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "torch==2.14.1"],
         check=True,
