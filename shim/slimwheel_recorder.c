@@ -22,8 +22,10 @@
 #include <cupti.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -213,6 +215,51 @@ static void write_devices(void) {
     }
 }
 
+/* ---- CUDA runtimes loaded in the process ------------------------------ */
+
+#define MAX_RUNTIMES 8
+static char runtimes[MAX_RUNTIMES][PATH_MAX];
+static int runtime_count = 0;
+static unsigned long long runtime_adds = 0; /* dlpi_adds when last scanned */
+
+static int runtime_scan(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    (void)data;
+    const char *slash = strrchr(info->dlpi_name, '/');
+    const char *base = slash ? slash + 1 : info->dlpi_name;
+    if (strncmp(base, "libcudart.so", 12) != 0 || runtime_count >= MAX_RUNTIMES) return 0;
+    for (int i = 0; i < runtime_count; i++)
+        if (strcmp(runtimes[i], info->dlpi_name) == 0) return 0;
+    snprintf(runtimes[runtime_count++], PATH_MAX, "%s", info->dlpi_name);
+    typedef int (*version_t)(int *);
+    int version = 0;
+    void *h = dlopen(info->dlpi_name, RTLD_NOLOAD | RTLD_LAZY);
+    version_t get = h ? (version_t)dlsym(h, "cudaRuntimeGetVersion") : NULL;
+    if (get) get(&version); /* the runtime's own constant; no driver call */
+    if (h) dlclose(h);
+    char real[PATH_MAX];
+    fputs("{\"t\":\"runtime\",\"lib\":", out);
+    json_string(out, realpath(info->dlpi_name, real) ? real : info->dlpi_name);
+    fprintf(out, ",\"version\":%d}\n", version);
+    return 0;
+}
+
+static int loaded_count(struct dl_phdr_info *info, size_t size, void *data) {
+    if (size >= offsetof(struct dl_phdr_info, dlpi_adds) + sizeof info->dlpi_adds)
+        *(unsigned long long *)data = info->dlpi_adds;
+    return 1; /* the first object is enough */
+}
+
+/* Record each CUDA runtime (libcudart) the process has loaded, once. Cheap
+ * when no library was loaded since the last look (glibc's dlpi_adds). */
+static void write_runtimes(void) {
+    unsigned long long adds = 0;
+    dl_iterate_phdr(loaded_count, &adds);
+    if (adds && adds == runtime_adds) return;
+    runtime_adds = adds;
+    dl_iterate_phdr(runtime_scan, NULL);
+}
+
 /* The origin of a code image passed to a load call. */
 static int origin_of(const void *image, const char *api, const char *file) {
     if (!devices_written && out) {
@@ -227,6 +274,7 @@ static int origin_of(const void *image, const char *api, const char *file) {
     if (s->origin >= 0) return s->origin;
     s->origin = next_origin++;
     if (!out) return s->origin;
+    write_runtimes();
     Dl_info info;
     if (image && dladdr(image, &info) && info.dli_fname && info.dli_fname[0]) {
         char real[PATH_MAX];

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .arch import Target, can_run, driver_choice, split_arch
 from .cubin import ModuleSymbols
-from .fatbin import Element, FatbinLayout, Region, Variant
+from .fatbin import DEDICATED_SECTIONS, Element, FatbinLayout, Region, Variant
 
 
 class Reason(enum.Enum):
@@ -76,6 +76,18 @@ class RegionPlan:
     @property
     def removed_bytes(self) -> int:
         return sum(d.element.size for d in self.decisions if not d.keep)
+
+    @property
+    def vanishes(self) -> bool:
+        """A pinned region none of whose elements stays is zeroed whole, header included.
+
+        Its library passes it to the driver only on a GPU the output does not
+        serve (where it would fail anyway); zeroed whole, runs of such regions
+        merge into holes that leave the file.
+        """
+        return (
+            bool(self.decisions) and self.region.section not in DEDICATED_SECTIONS and not self.kept
+        )
 
     @property
     def serves(self) -> tuple[Target, ...]:

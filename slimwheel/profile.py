@@ -76,6 +76,7 @@ class LibraryUsage:
 class Profile:
     gpus: tuple[tuple[str, str], ...] = ()  # (name, compute capability)
     driver_version: int | None = None
+    runtimes: tuple[tuple[str, int], ...] = ()  # (CUDA runtime library file name, version)
     libraries: tuple[LibraryUsage, ...] = ()
     jit: tuple[tuple[str, int], ...] = ()  # (load API, count) of heap images
     unmatched_images: int = 0
@@ -103,6 +104,7 @@ class Profile:
             "tool": {"name": "slimwheel", "version": __version__},
             "gpus": [{"name": n, "cc": cc} for n, cc in self.gpus],
             "driver_version": self.driver_version,
+            "runtimes": [{"library": n, "version": v} for n, v in self.runtimes],
             "processes": self.processes,
             "libraries": [
                 {
@@ -159,6 +161,11 @@ class Profile:
             return Profile(
                 gpus=tuple((str(g["name"]), str(g["cc"])) for g in doc.get("gpus", [])),
                 driver_version=doc.get("driver_version"),
+                runtimes=tuple(
+                    sorted(
+                        {(str(r["library"]), int(r["version"])) for r in doc.get("runtimes", [])}
+                    )
+                ),
                 libraries=tuple(libs),
                 jit=tuple((str(j["api"]), int(j["count"])) for j in doc.get("jit", [])),
                 unmatched_images=int(doc.get("unmatched_images", 0)),
@@ -206,9 +213,11 @@ def merge(profiles: Iterable[Profile]) -> Profile:
     jit: dict[str, int] = defaultdict(int)
     unmatched = processes = 0
     driver = None
+    runtimes: set[tuple[str, int]] = set()
     unattributed: set[str] = set()
     for p in profiles:
         unattributed.update(p.unattributed)
+        runtimes.update(p.runtimes)
         gpus.update(p.gpus)
         for api, n in p.jit:
             jit[api] += n
@@ -231,6 +240,7 @@ def merge(profiles: Iterable[Profile]) -> Profile:
     return Profile(
         gpus=tuple(sorted(gpus)),
         driver_version=driver,
+        runtimes=tuple(sorted(runtimes)),
         libraries=tuple(sorted(libs.values(), key=lambda x: (x.name, x.sha256))),
         jit=tuple(sorted(jit.items())),
         unmatched_images=unmatched,
@@ -301,6 +311,7 @@ def collect(directory: str) -> Profile:
     jit: dict[str, int] = defaultdict(int)
     images: set[str] = set()
     unattributed: set[str] = set()
+    runtimes: set[tuple[str, int]] = set()
     driver = None
     processes = 0
     for _name, rows in _records(directory):
@@ -337,6 +348,8 @@ def collect(directory: str) -> Profile:
                 gpus.add((r["name"], r["cc"]))
             elif t == "versions":
                 driver = r.get("driver") or driver
+            elif t == "runtime":
+                runtimes.add((os.path.basename(str(r.get("lib"))), int(r.get("version") or 0)))
     dists = _distributions()
     usages = []
     matched: set[str] = set()
@@ -372,6 +385,7 @@ def collect(directory: str) -> Profile:
             Profile(
                 gpus=tuple(sorted(gpus)),
                 driver_version=driver,
+                runtimes=tuple(sorted(runtimes)),
                 libraries=tuple(usages),
                 jit=tuple(sorted(jit.items())),
                 unmatched_images=len(images - matched),

@@ -101,6 +101,10 @@ class Edit:
         return self
 
 
+#: Zero bytes between two regions that a removed region takes with it.
+_MAX_PADDING = 64
+
+
 def _region_pieces(rp: RegionPlan) -> list[Piece]:
     kept = rp.kept
     size = sum(e.size for e in kept)
@@ -218,9 +222,30 @@ def edits_for(elf: ElfFile, layout: FatbinLayout, plan: Plan) -> Edit:
         dedicated = {s.index for s in elf.sections if s.name in DEDICATED_SECTIONS}
         edit.replacements += _symbol_patches(elf, edit.moved, dedicated)
 
-    for rp in plan.regions:
+    ordered = sorted(plan.regions, key=lambda rp: rp.region.offset)
+    for i, rp in enumerate(ordered):
         r = rp.region
-        if r.section in DEDICATED_SECTIONS or not _changes(rp) or not repackable(r):
+        if r.section in DEDICATED_SECTIONS or not _changes(rp):
+            continue
+        if rp.vanishes:
+            # Nothing of it stays: the whole region, header included, becomes
+            # zeros, with the zero padding up to the next region, so runs of
+            # removed regions merge into holes that leave the file.
+            end = r.end
+            after = ordered[i + 1].region if i + 1 < len(ordered) else None
+            if (
+                after is not None
+                and after.section_index == r.section_index
+                and 0 < after.offset - r.end <= _MAX_PADDING
+                and not any(elf.buf[r.end : after.offset])
+            ):
+                end = after.offset
+            edit.replacements.append(
+                Replacement(r.offset, end - r.offset, (Piece.zeros(end - r.offset),))
+            )
+            edit.zero_runs.append(ZeroRun(r.offset, end, r.section_index))
+            continue
+        if not repackable(r):
             continue
         body = _region_pieces(rp)
         used = sum(p.length for p in body)

@@ -156,7 +156,7 @@ def _element_bytes(elf: ElfFile, e: Element) -> bytes:
 
 
 def _match_regions(
-    orig: ElfFile, olay: FatbinLayout, slim: ElfFile, slay: FatbinLayout, report: VerifyReport
+    olay: FatbinLayout, slay: FatbinLayout, plan: Plan, report: VerifyReport
 ) -> dict[int, Region]:
     """Original region offset -> slim region."""
     by_vaddr = {r.vaddr: r for r in slay.regions}
@@ -169,15 +169,22 @@ def _match_regions(
             continue
         moved[w.data.target] = sw.data.target
     out = {}
+    gone = 0
+    plans = {rp.region.offset: rp for rp in plan.regions}
     for r in olay.regions:
         target = moved.get(r.vaddr, r.vaddr)
         sr = by_vaddr.get(target)
         if sr is None:
+            if plans[r.offset].vanishes:
+                gone += 1  # zeroed whole: the zero check below covers it
+                continue
             report.fail(f"region at {r.vaddr:#x} ({r.section}) has no counterpart at {target:#x}")
             continue
         out[r.offset] = sr
-    if len(slay.regions) != len(olay.regions):
-        report.fail(f"{len(olay.regions)} regions became {len(slay.regions)}")
+    if len(slay.regions) != len(olay.regions) - gone:
+        report.fail(
+            f"{len(olay.regions)} regions became {len(slay.regions)} ({gone} removed whole)"
+        )
     return out
 
 
@@ -251,7 +258,7 @@ def verify(
     except SlimwheelError as exc:
         report.fail(f"slim library does not scan: {exc.message}")
         return report
-    matched = _match_regions(orig, olay, slim, slay, report)
+    matched = _match_regions(olay, slay, plan, report)
     _check_regions(orig, slim, plan, matched, plan.targets, report)
 
     if _mapped(orig.loads) != _mapped(slim.loads):

@@ -69,12 +69,22 @@ def execute(args: argparse.Namespace) -> int:
     return code
 
 
+def _cuda_version(v: int | None) -> str:
+    """CUDA's integer versions (13000) as people write them (13.0)."""
+    if not v:
+        return "unknown"
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
 def show(path: str) -> None:
     p = load_profile(path)
     console = make_console()
     gpus = ", ".join(f"{n} ({cc})" for n, cc in p.gpus) or "unknown"
+    runtimes = ", ".join(f"{n} {_cuda_version(v)}" for n, v in p.runtimes) or "not recorded"
     console.print(
-        f"{path}: {p.processes} processes on {gpus}, driver {p.driver_version}", markup=False
+        f"{path}: {p.processes} processes on {gpus}, driver {_cuda_version(p.driver_version)}, "
+        f"runtime {runtimes}",
+        markup=False,
     )
     for lib in p.libraries:
         dist = f" [{lib.distribution[0]} {lib.distribution[1]}]" if lib.distribution else ""

@@ -23,7 +23,7 @@ def main() -> None:
     if harness in ("fixture_run", "rdc_run"):
         buf = (ctypes.c_float * N)(*[float(i % 97) - 40.0 for i in range(N)])
         rc = getattr(lib, harness)(buf, N)
-    elif harness in ("big_run", "embedded_run", "usage_run_a", "usage_run_b"):
+    elif harness in ("big_run", "embedded_run", "per_arch_run", "usage_run_a", "usage_run_b"):
         buf = (ctypes.c_uint * N)()
         rc = getattr(lib, harness)(buf, N)
     elif harness == "fixture_managed_run":

@@ -29,7 +29,7 @@ from slimwheel.slim import slim_library
 from slimwheel.store import file_sha256
 from tests.gpu.conftest import gpu_capability
 from tests.gpu.test_slim_fixtures_gpu import NO_KERNEL_IMAGE, run
-from tests.gpu.test_torch_stack_gpu import _site_packages
+from tests.gpu.test_torch_stack_gpu import installed_site
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def test_torch_workloads(tmp_path: Path) -> None:
     cap = gpu_capability()
     assert cap is not None
     out = _out(tmp_path)
-    site = _site_packages()
+    site = installed_site()
     scripts = {
         "cnn_train": WORKLOADS / "cnn_train.py",
         "transformer_infer": WORKLOADS / "transformer_infer.py",
@@ -94,6 +94,11 @@ def test_torch_workloads(tmp_path: Path) -> None:
         _profile(out / f"{name}.profile.json", [sys.executable, str(script), str(result)], env)
         originals[name] = json.loads(result.read_text())
     profile = merge(load_profile(out / f"{n}.profile.json") for n in scripts)
+    # torch loads the CUDA runtime of the nvidia-cuda-runtime wheel: its version is recorded.
+    assert any(n.startswith("libcudart.so") and v >= 12000 for n, v in profile.runtimes), (
+        profile.runtimes
+    )
+    assert profile.driver_version and profile.driver_version >= 12000
     copy = tmp_path / "stack"
     copy.mkdir()
     for n in ("torch", "nvidia"):

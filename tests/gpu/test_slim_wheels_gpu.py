@@ -22,7 +22,7 @@ import pytest
 
 from tests.gpu.conftest import gpu_capability
 from tests.gpu.repack import repack
-from tests.gpu.test_torch_stack_gpu import BATTERY, _site_packages
+from tests.gpu.test_torch_stack_gpu import BATTERY, installed_site
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 def slim_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cap = gpu_capability()
     assert cap is not None
-    site = _site_packages()
+    site = installed_site()
     root = tmp_path_factory.mktemp("wheels")
     wheels = root / "in"
     wheels.mkdir()
@@ -113,7 +113,7 @@ def test_slim_wheels_in_a_fresh_venv(slim_venv: Path, tmp_path: Path, mode: str)
         runs[name] = json.loads(dest.read_text())
     libs = runs["wheels"]["libraries"]
     assert any(str(slim_venv) in p and "libtorch_cuda" in p for p in libs)
-    assert not any(str(_site_packages()) in p and ("/nvidia/" in p or "/torch/" in p) for p in libs)
+    assert not any(str(installed_site()) in p and ("/nvidia/" in p or "/torch/" in p) for p in libs)
     o, s = runs["orig"]["results"], runs["wheels"]["results"]
     assert not [k for k in [*o, *s] if k.endswith(":error")]
     nondeterministic = {"spmm_csr"}  # differs between two runs of the original (stack test)

@@ -31,7 +31,7 @@ BATTERY = Path(__file__).with_name("battery.py")
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 
-def _site_packages() -> Path:
+def installed_site() -> Path:
     spec = importlib.util.find_spec("torch")
     if spec is None or spec.origin is None:
         pytest.skip("torch is not installed")
@@ -55,7 +55,7 @@ def _slim_one(job: tuple[str, int, int]) -> dict[str, object]:
 def slim_stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cap = gpu_capability()
     assert cap is not None
-    site = _site_packages()
+    site = installed_site()
     copy = tmp_path_factory.mktemp("stack")
     for entry in sorted(site.iterdir()):
         n = entry.name
@@ -83,12 +83,14 @@ def slim_stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-def _battery(mode: str, pythonpath: Path | None, out: Path) -> dict[str, object]:
-    env = dict(os.environ, CUDA_MODULE_LOADING=mode)
+def run_battery(
+    mode: str, pythonpath: Path | None, out: Path, python: str = sys.executable
+) -> dict[str, object]:
+    env = dict(os.environ, CUDA_MODULE_LOADING=mode, PYTHONDONTWRITEBYTECODE="1")
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, str(BATTERY), str(out)],
+        [python, str(BATTERY), str(out)],
         env=env,
         capture_output=True,
         text=True,
@@ -102,10 +104,10 @@ def _battery(mode: str, pythonpath: Path | None, out: Path) -> dict[str, object]
 def test_slim_stack_is_bit_identical(slim_stack: Path, tmp_path: Path, mode: str) -> None:
     out = Path(os.environ.get("SLIMWHEEL_GPU_OUT", tmp_path))
     out.mkdir(parents=True, exist_ok=True)
-    orig = _battery(mode, None, out / f"battery_orig_{mode}.json")
-    again = _battery(mode, None, out / f"battery_orig2_{mode}.json")
-    slim = _battery(mode, slim_stack, out / f"battery_slim_{mode}.json")
-    site = str(_site_packages())
+    orig = run_battery(mode, None, out / f"battery_orig_{mode}.json")
+    again = run_battery(mode, None, out / f"battery_orig2_{mode}.json")
+    slim = run_battery(mode, slim_stack, out / f"battery_slim_{mode}.json")
+    site = str(installed_site())
     for run in (orig, again):
         assert isinstance(run["libraries"], list)
         assert any(site in p and "libtorch_cuda" in p for p in run["libraries"])
@@ -114,13 +116,19 @@ def test_slim_stack_is_bit_identical(slim_stack: Path, tmp_path: Path, mode: str
     assert any(str(slim_stack) in p and "libtorch_cuda" in p for p in slim_libs)
     assert any(str(slim_stack) in p and "libcublas" in p for p in slim_libs)
     assert not any(site in p for p in slim_libs), "the slim run mapped original libraries"
+    compare(orig, again, slim, mode)
+
+
+def compare(
+    orig: dict[str, object], again: dict[str, object], slim: dict[str, object], mode: str
+) -> None:
+    """The slim run's results equal the original's: bit for bit, except results
+    that differ between two runs of the original itself (compared by value)."""
     o, o2, s = orig["results"], again["results"], slim["results"]
     assert isinstance(o, dict) and isinstance(o2, dict) and isinstance(s, dict)
     errors = sorted(k for k in [*o, *s] if k.endswith(":error"))
     assert not errors, {k: o.get(k, s.get(k)) for k in errors}
     assert sorted(s) == sorted(o)
-    # Results that differ between two runs of the untouched installation are
-    # not deterministic; they are compared by value (sums), all others bit for bit.
     nondeterministic = sorted(k for k in o if o[k] != o2[k])
     differ = [k for k in o if k not in nondeterministic and o[k] != s[k]]
     assert not differ, {k: (o[k], s[k]) for k in differ}

@@ -14,8 +14,8 @@ import pytest
 
 from slimwheel.arch import parse_targets
 from slimwheel.cli import main
-from slimwheel.elf import open_elf
-from slimwheel.fatbin import scan
+from slimwheel.elf import ElfFile, open_elf
+from slimwheel.fatbin import Region, scan
 from slimwheel.slim import slim_library, verify_pair
 from tests.helpers import cuobjdump_listing, our_listing
 
@@ -99,6 +99,43 @@ def test_compaction_and_structure(fixture_libs: dict[str, Path], tmp_path: Path,
         ref = ELFFile(f)
         assert sum(1 for _ in ref.iter_sections()) >= 1
         assert sum(1 for s in ref.iter_segments() if s["p_type"] == "PT_LOAD") == r.loads_after
+
+
+def _rodata_regions(elf: ElfFile) -> list[Region]:
+    return [g for g in scan(elf).regions if g.section == ".rodata"]
+
+
+def test_wrong_arch_regions_vanish_whole(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    """cuFFT's pattern: one region per arch in .rodata, the library picking one.
+
+    Regions left with nothing are zeroed whole (header and padding too) and
+    leave the file; the sm_90 region keeps its address and its bytes.
+    """
+    orig = fixture_libs["per_arch"]
+    out = tmp_path / orig.name
+    r = slim_library(orig, out, targets=parse_targets(["sm_90"]))
+    assert r.report.problems == []
+    with open_elf(orig) as elf:
+        before = {g.vaddr: [e.arch_name for e in g.elements] for g in _rodata_regions(elf)}
+    with open_elf(out) as elf:
+        after = {g.vaddr: [e.arch_name for e in g.elements] for g in _rodata_regions(elf)}
+    assert sorted(before.values()) == [["sm_120"], ["sm_75"], ["sm_80"], ["sm_90"]]
+    assert after == {v: a for v, a in before.items() if a == ["sm_90"]}
+    # ~800 KB of three foreign cubins: the file loses (almost) all of it.
+    assert r.holes >= 1 and r.saved >= r.plan.removed_bytes - 2 * 4096 * r.holes
+    assert r.saved > 700_000
+    # Verification notices a vanished region whose bytes are not all zero
+    # (zeroed, not compacted, so the region's bytes are still in the file).
+    zeroed = tmp_path / "zeroed.so"
+    slim_library(orig, zeroed, targets=parse_targets(["sm_90"]), compact=False)
+    vaddr = next(v for v, a in before.items() if a == ["sm_80"])
+    with open_elf(zeroed) as elf:
+        off = elf.vaddr_to_offset(vaddr)
+    with open(zeroed, "r+b") as f:
+        f.seek(off + 100)
+        f.write(b"\x01")
+    problems = verify_pair(orig, zeroed, targets=parse_targets(["sm_90"])).problems
+    assert any("are not zero" in p for p in problems), problems
 
 
 def test_no_compact_keeps_size_and_zeroes(fixture_libs: dict[str, Path], tmp_path: Path) -> None:

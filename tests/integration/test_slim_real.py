@@ -103,9 +103,9 @@ def test_whole_stack(tmp_path: Path) -> None:
         f"{loaded} of {len(slimmed)} slim libraries dlopen-checked"
     )
     assert saved >= 0.95 * selected
-    # Per library, the one expected gap: cuFFT's .ldata holds ~24,000 regions
-    # of a few KB each, kept at their addresses, so their freed tails never
-    # make a page-sized zero run. Everything else reaches 95%.
+    # Every library reaches 95%, cuFFT included: its ~24,000 small regions in
+    # .ldata stay at their addresses, but the wrong-arch ones are zeroed whole
+    # (headers and padding too), so they merge into one run that leaves the file.
     for name, sel, sav, _loads_after in rows:
-        if sel > (1 << 20) and "libcufft.so" not in name:
+        if sel > (1 << 20):
             assert sav >= 0.95 * sel, name

@@ -53,6 +53,15 @@ def test_translation_unit_region_holds_exactly_what_was_asked(
         assert el.data_size > 0
 
 
+def test_per_arch_library_has_one_region_per_arch(fixture_libs: dict[str, Path]) -> None:
+    build = BUILDS["per_arch"]
+    regions = _kernel_regions(fixture_libs["per_arch"])
+    got = sorted([el.arch_name for el in r.elements] for r, _ in regions)
+    assert got == sorted([code] for _virtual, code in build.codes)
+    assert all(ks == [build.kernels] for _, ks in regions)
+    assert {r.section for r, _ in regions} == {".rodata"}
+
+
 @pytest.mark.parametrize("name", [n for n, b in BUILDS.items() if b.units == 1])
 def test_device_variables(fixture_libs: dict[str, Path], name: str) -> None:
     build = BUILDS[name]

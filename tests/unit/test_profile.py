@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def _records(tmp: Path, lib: Path) -> Path:
         {"t": "process", "pid": 1, "ppid": 0},
         {"t": "versions", "driver": 13000, "cupti_api": 28},
         {"t": "gpu", "index": 0, "name": "NVIDIA H200", "cc": "9.0"},
+        {"t": "runtime", "lib": "/site/nvidia/cu13/lib/libcudart.so.13", "version": 13000},
         {
             "t": "origin",
             "id": 0,
@@ -82,6 +84,8 @@ def test_collect_and_schema(fixture_libs: dict[str, Path], tmp_path: Path) -> No
     assert entry["kernels"] == ["usage_kA"] and entry["variables"] == ["usage_c_value"]
     assert entry["resolved"] == ["usage_kA"]
     assert doc["gpus"] == [{"name": "NVIDIA H200", "cc": "9.0"}]
+    assert doc["driver_version"] == 13000
+    assert doc["runtimes"] == [{"library": "libcudart.so.13", "version": 13000}]
     assert doc["jit"] == [{"api": "cuModuleLoadData", "count": 1}]
     again = Profile.from_json(json.loads(json.dumps(doc)), "x")
     assert again.to_json() == doc
@@ -242,6 +246,49 @@ def test_recorder_builds_and_hashes_like_hashlib(tmp_path: Path) -> None:
     assert got == [
         hashlib.sha256(data[:n]).hexdigest() for n in (0, 1, 55, 56, 63, 64, 65, 119, 1000)
     ]
+
+
+def test_recorder_names_loaded_runtimes_once(tmp_path: Path) -> None:
+    """The shim's runtime scan finds a libcudart loaded in the process and
+    records its version once, however often it looks."""
+    from slimwheel.profile import find_cupti
+
+    includes, libdir = find_cupti()
+    cudart = sorted(Path(libdir).parent.glob("lib64/libcudart.so.*")) or sorted(
+        Path("/usr/local/cuda/lib64").glob("libcudart.so.*")
+    )
+    if not cudart:
+        pytest.skip("no libcudart next to CUPTI")
+    check = tmp_path / "runtimes.c"
+    check.write_text(
+        '#include "' + str(REPO / "shim" / "slimwheel_recorder.c") + '"\n'
+        "int main(int argc, char **argv) {\n"
+        "  out = stdout; write_runtimes();\n"
+        "  if (!dlopen(argv[1], RTLD_NOW)) return 2;\n"
+        "  write_runtimes(); write_runtimes();\n"
+        "  return 0;\n}\n"
+    )
+    exe = tmp_path / "runtimes"
+    subprocess.run(
+        [
+            "cc",
+            "-o",
+            str(exe),
+            str(check),
+            *[f"-I{i}" for i in includes],
+            f"-L{libdir}",
+            "-l:libcupti.so.13",
+            "-ldl",
+            "-lpthread",
+            f"-Wl,-rpath,{libdir}",
+        ],
+        check=True,
+    )
+    got = subprocess.run([str(exe), str(cudart[0])], capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in got.stdout.splitlines()]
+    assert len(rows) == 1 and rows[0]["t"] == "runtime"
+    assert rows[0]["lib"] == os.path.realpath(cudart[0])
+    assert rows[0]["version"] // 1000 == 13
 
 
 def test_profiles_in_repo_validate() -> None:
