@@ -117,52 +117,59 @@ def _slim_member(wheel: str, member: str, store_root: str, opts: BuildOptions) -
                 shutil.copyfileobj(f, out, 1 << 20)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise InputError(f"member {member}: unreadable ({exc})", path=wheel) from None
-        sha = file_sha256(src)
-        size = os.path.getsize(src)
-        where = f"{wheel}:{member}"
-        try:
-            with map_file(src) as buf:
-                layout = scan(ElfFile(buf, where))
-        except SlimwheelError as exc:
-            if exc.path == src:
-                exc.path = where
-            raise exc.with_path(where) from None
-        if not layout.regions:
-            return LibraryOutcome(member, sha, size, has_code=False)
-        usage = None
-        if opts.profile is not None:
-            usage = opts.profile.for_library(
-                sha, posixpath.basename(member), by_name=opts.profile_by_name
-            )
-        key = entry_key(
-            sha,
-            targets=[t.name for t in opts.targets],
-            keep_ptx=opts.keep_ptx,
-            profile_digest=usage.digest() if usage else None,
-        )
+        return slim_file(src, member, f"{wheel}:{member}", store, opts)
 
-        def build(dest: Path) -> dict[str, Any]:
-            r = slim_library(
-                src, dest, targets=opts.targets, keep_ptx=opts.keep_ptx, name=where, usage=usage
-            )
-            return {
-                "elements_before": r.plan.kept_elements + r.plan.removed_elements,
-                "elements_after": r.plan.kept_elements,
-            }
 
-        entry, built = store.get_or_build(key, build)
-        return LibraryOutcome(
-            member,
-            sha,
-            size,
-            has_code=True,
-            sha256_after=entry.meta["sha256"],
-            bytes_after=entry.size,
-            elements_before=int(entry.meta["summary"]["elements_before"]),
-            elements_after=int(entry.meta["summary"]["elements_after"]),
-            store_path=str(entry.path),
-            built=built,
+def slim_file(
+    src: str, member: str, where: str, store: Store, opts: BuildOptions
+) -> LibraryOutcome:
+    """Slim the ELF file ``src`` (``member`` of a package, ``where`` in messages)
+    through the store; a file without device code is left as it is."""
+    sha = file_sha256(src)
+    size = os.path.getsize(src)
+    try:
+        with map_file(src) as buf:
+            layout = scan(ElfFile(buf, where))
+    except SlimwheelError as exc:
+        if exc.path == src:
+            exc.path = where
+        raise exc.with_path(where) from None
+    if not layout.regions:
+        return LibraryOutcome(member, sha, size, has_code=False)
+    usage = None
+    if opts.profile is not None:
+        usage = opts.profile.for_library(
+            sha, posixpath.basename(member), by_name=opts.profile_by_name
         )
+    key = entry_key(
+        sha,
+        targets=[t.name for t in opts.targets],
+        keep_ptx=opts.keep_ptx,
+        profile_digest=usage.digest() if usage else None,
+    )
+
+    def build(dest: Path) -> dict[str, Any]:
+        r = slim_library(
+            src, dest, targets=opts.targets, keep_ptx=opts.keep_ptx, name=where, usage=usage
+        )
+        return {
+            "elements_before": r.plan.kept_elements + r.plan.removed_elements,
+            "elements_after": r.plan.kept_elements,
+        }
+
+    entry, built = store.get_or_build(key, build)
+    return LibraryOutcome(
+        member,
+        sha,
+        size,
+        has_code=True,
+        sha256_after=entry.meta["sha256"],
+        bytes_after=entry.size,
+        elements_before=int(entry.meta["summary"]["elements_before"]),
+        elements_after=int(entry.meta["summary"]["elements_after"]),
+        store_path=str(entry.path),
+        built=built,
+    )
 
 
 def _elf_members(info: WheelInfo) -> list[str]:
@@ -180,27 +187,34 @@ def _elf_members(info: WheelInfo) -> list[str]:
 # -- assembling a wheel -----------------------------------------------------
 
 
-def _timestamp(info: WheelInfo) -> float:
+def source_date_epoch() -> float | None:
+    """SOURCE_DATE_EPOCH, when set."""
     env = os.environ.get("SOURCE_DATE_EPOCH")
-    if env:
-        try:
-            return float(env)
-        except ValueError:
-            raise InputError(f"SOURCE_DATE_EPOCH is not a number: {env!r}") from None
+    if not env:
+        return None
+    try:
+        return float(env)
+    except ValueError:
+        raise InputError(f"SOURCE_DATE_EPOCH is not a number: {env!r}") from None
+
+
+def _timestamp(info: WheelInfo) -> float:
+    epoch = source_date_epoch()
+    if epoch is not None:
+        return epoch
     import calendar
 
     newest = max(m.date_time for m in info.members)
     return float(calendar.timegm((*newest, 0, 0, 0)))
 
 
-def _provenance(
-    info: WheelInfo, source_sha: str, opts: BuildOptions, libs: list[LibraryOutcome]
-) -> bytes:
+def provenance(source: dict[str, str], opts: BuildOptions, libs: list[LibraryOutcome]) -> bytes:
+    """The provenance file's bytes; ``source`` is {"wheel" or "package": name, "sha256": ...}."""
     doc = {
         "schema": PROVENANCE_SCHEMA,
         "schema_version": 1,
         "tool": {"name": "slimwheel", "version": __version__},
-        "source": {"wheel": info.filename, "sha256": source_sha},
+        "source": source,
         "targets": [t.name for t in opts.targets],
         "ptx_policy": "keep-newest" if opts.keep_ptx else "only-when-needed",
         "profile_digest": opts.profile_digest,
@@ -257,7 +271,9 @@ def assemble(
         else:
             plan[new] = RawMember(m)
     source_sha = file_sha256(info.path)
-    plan[f"{new_di}/{PROVENANCE}"] = NewMember(data=_provenance(info, source_sha, opts, libs))
+    plan[f"{new_di}/{PROVENANCE}"] = NewMember(
+        data=provenance({"wheel": info.filename, "sha256": source_sha}, opts, libs)
+    )
     order = canonical_order(plan, new_di)
     dest = os.path.join(outdir, out_name)
     record: list[tuple[str, str, int | None]] = []
@@ -329,7 +345,7 @@ def build_wheels(
     wheels (every RECORD hash), slim their libraries through the store, and
     write the output wheels.
     """
-    with _pool(opts.jobs) as run:
+    with worker_pool(opts.jobs) as run:
         infos: list[WheelInfo] = []
         problems: list[str] = []
         for got in run(open_wheel, [(w,) for w in wheels]):
@@ -389,7 +405,9 @@ def _unique(infos: list[WheelInfo]) -> list[WheelInfo]:
 
 
 @contextlib.contextmanager
-def _pool(jobs: int) -> Iterator[Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]]:
+def worker_pool(
+    jobs: int,
+) -> Iterator[Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]]:
     """``run(fn, argument tuples)`` -> results in order; a SlimwheelError is
     returned in its result's place (so every problem can be reported)."""
 

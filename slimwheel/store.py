@@ -39,7 +39,7 @@ import platformdirs
 from .errors import SlimwheelError
 
 #: Bump when the slim output for the same inputs changes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: regions with nothing left are zeroed whole
 
 
 class StoreError(SlimwheelError):

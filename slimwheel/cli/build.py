@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..build import BuildOptions, WheelResult, build_wheels, default_label, download
+from ..conda_build import build_packages, build_suffix
+from ..condapkg import package_format
 from ..errors import UsageError
 from ..index import build_index
 from .inspect import human
@@ -36,7 +38,10 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         "inputs",
         nargs="*",
         metavar="INPUT",
-        help="wheel files, directories of wheels, or requirements (torch, torch==2.14.1)",
+        help=(
+            "wheel files, conda packages (.conda, .tar.bz2), directories of them, "
+            "or requirements (torch, torch==2.14.1)"
+        ),
     )
     p.add_argument(
         "-r",
@@ -66,6 +71,12 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         help="local version label (default: the targets, e.g. sm90)",
     )
     label.add_argument("--no-local-label", action="store_true", help="keep the version as is")
+    p.add_argument(
+        "--build-suffix",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="conda packages: append the targets to the build string (cuda130_0 -> cuda130_0_sm90)",
+    )
     pip = p.add_argument_group("passed to pip download")
     pip.add_argument("--index-url", metavar="URL")
     pip.add_argument("--extra-index-url", action="append", default=[], metavar="URL")
@@ -125,23 +136,35 @@ def execute(args: argparse.Namespace) -> int:
         opts = replace(opts, label=f"{label}.p{opts.profile_digest[:8]}")
     store = store_from(args)
     wheels: list[str] = []
+    packages: list[str] = []
     requirements: list[str] = []
     for item in args.inputs:
         if os.path.isdir(item):
-            wheels += sorted(os.path.join(item, f) for f in os.listdir(item) if f.endswith(".whl"))
-        elif item.endswith(".whl") or os.path.exists(item):
+            for f in sorted(os.listdir(item)):
+                if f.endswith(".whl"):
+                    wheels.append(os.path.join(item, f))
+                elif package_format(f):
+                    packages.append(os.path.join(item, f))
+        elif item.endswith(".whl") or package_format(item) or os.path.exists(item):
             if not os.path.isfile(item):
-                raise UsageError(f"{item}: no such wheel")
-            wheels.append(item)
+                raise UsageError(f"{item}: no such file")
+            (packages if package_format(item) else wheels).append(item)
         else:
             requirements.append(item)
+    results: list[WheelResult] = []
     with tempfile.TemporaryDirectory(prefix="slimwheel-download-") as tmp:
         if requirements or args.requirement:
             wheels += download(requirements, tmp, deps=args.deps, pip_args=_pip_args(args))
-        if not wheels:
-            raise UsageError("no wheels found in the inputs")
-        with wheel_progress(enabled=not args.quiet) as progress:
-            results = build_wheels(wheels, args.output, opts, store, progress=progress)
+        if not wheels and not packages:
+            raise UsageError("no wheels or conda packages found in the inputs")
+        if packages:
+            suffix = ""
+            if args.build_suffix:
+                suffix = build_suffix(args.local_label or _conda_label(opts, targets, args))
+            results += build_packages(packages, args.output, opts, store, suffix=suffix)
+        if wheels:
+            with wheel_progress(enabled=not args.quiet) as progress:
+                results += build_wheels(wheels, args.output, opts, store, progress=progress)
     if args.publish:
         site = Path(args.publish)
         sources = [site / "files"] if (site / "files").is_dir() else []
@@ -152,6 +175,13 @@ def execute(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print_table(results)
     return 0
+
+
+def _conda_label(opts: BuildOptions, targets: Any, args: argparse.Namespace) -> str:
+    label = default_label(targets, args.keep_ptx)
+    if opts.profile_digest:
+        label += f".p{opts.profile_digest[:8]}"
+    return label
 
 
 def results_document(results: list[WheelResult], opts: BuildOptions) -> dict[str, Any]:
@@ -181,14 +211,14 @@ def print_table(results: list[WheelResult]) -> None:
     from rich.table import Table
 
     console = make_console()
-    t = Table(title="slim wheels", title_justify="left", show_footer=True)
+    t = Table(title="slim packages", title_justify="left", show_footer=True)
     wb = sum(r.wheel_bytes_before for r in results)
     wa = sum(r.wheel_bytes_after for r in results)
     ib = sum(r.installed_bytes_before for r in results)
     ia = sum(r.installed_bytes_after for r in results)
-    t.add_column("wheel", footer=f"total ({len(results)} wheels)")
-    t.add_column("wheel before", justify="right", footer=human(wb))
-    t.add_column("wheel after", justify="right", footer=human(wa))
+    t.add_column("package", footer=f"total ({len(results)} packages)")
+    t.add_column("file before", justify="right", footer=human(wb))
+    t.add_column("file after", justify="right", footer=human(wa))
     t.add_column("installed before", justify="right", footer=human(ib))
     t.add_column("installed after", justify="right", footer=human(ia))
     t.add_column("saved", justify="right", footer=f"{100 * (ia and (ib - ia) / ib):.1f}%")

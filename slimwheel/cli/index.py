@@ -8,11 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..conda_index import build_channel
 from ..errors import UsageError
 from ..index import build_index
 from ..serve import make_server
 
-HELP = "publish wheels as a static package index, one per target set (or serve one)"
+HELP = (
+    "publish wheels as a static package index, or conda packages as a local channel "
+    "(--conda), one per target set (or serve an index)"
+)
 
 
 def configure_parser(sub: Any) -> argparse.ArgumentParser:
@@ -20,6 +24,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         "index",
         help=HELP,
         description=HELP + ". Usage: slimwheel index DIR... -o SITE; "
+        "slimwheel index --conda DIR... -o CHANNEL; "
         "slimwheel index serve SITE [--port N] [--log FILE]",
     )
     p.add_argument("-o", "--output", metavar="SITE", help="the site directory to write")
@@ -30,6 +35,12 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="EXPERIMENTAL: also publish the target builds as wheel variants "
         "(PEP 817/825 drafts) in SITE/variants/simple/",
+    )
+    p.add_argument(
+        "--conda",
+        action="store_true",
+        help="conda packages (.conda, .tar.bz2) into a channel: CHANNEL/<subdir>/ for "
+        "packages without device code, CHANNEL/<targets>/<subdir>/ per target set",
     )
     p.add_argument("words", nargs="+", metavar="DIR | serve SITE")
     return p
@@ -53,7 +64,18 @@ def execute(args: argparse.Namespace) -> int:
     sources = [Path(w) for w in args.words]
     for s in sources:
         if not s.exists():
-            raise UsageError(f"{s}: no such directory or wheel")
+            raise UsageError(f"{s}: no such directory or file")
+    if args.conda:
+        if args.variants:
+            raise UsageError("--variants is for wheels, not --conda")
+        packages, stats = build_channel(sources, Path(args.output))
+        sets = sorted({p.targets for p in packages if p.targets})
+        print(
+            f"{args.output}: {len(packages)} conda packages; channels: ./"
+            + "".join(f", {t}/" for t in sets)
+            + f" ({stats['written']} files written, {stats['reused']} unchanged)"
+        )
+        return 0
     wheels, stats = build_index(sources, Path(args.output), variants=args.variants)
     targets = sorted({w.targets for w in wheels if w.targets})
     print(

@@ -1,0 +1,179 @@
+"""Slim conda packages: ``.conda`` / ``.tar.bz2`` in, the same format out.
+
+Per package: unpack it (validated, ``condapkg.unpack``), slim every library
+with device code through the store, and pack it again: ``info/paths.json``
+updated (sha256, size) for the changed files, ``info/index.json`` unchanged
+but for a build-string suffix naming the targets (``cuda130_0`` ->
+``cuda130_0_sm90``, so a solver can tell the builds apart; optional), a
+provenance file ``info/slimwheel.json``. Packages without device code are
+copied through. Every package is built into a staging directory first; the
+outputs appear in ``-o`` only once all of them are built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .build import (
+    PROVENANCE,
+    BuildOptions,
+    LibraryOutcome,
+    WheelResult,
+    provenance,
+    slim_file,
+    source_date_epoch,
+    worker_pool,
+)
+from .condapkg import Member, Package, pack, unpack
+from .elf import ELF_MAGIC
+from .errors import InputError, SlimwheelError
+from .store import Store, file_sha256
+from .write import atomic_output
+
+
+def build_suffix(label: str) -> str:
+    """``sm90`` -> ``_sm90``; ``sm80.sm90.p1a2b3c4d`` -> ``_sm80_sm90_p1a2b3c4d``."""
+    return "_" + label.replace(".", "_")
+
+
+def _is_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == ELF_MAGIC
+
+
+def _dump(doc: object) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _replace_file(path: Path, src: str) -> None:
+    path.unlink()
+    try:
+        os.link(src, path)
+    except OSError:
+        shutil.copyfile(src, path)
+
+
+def build_package(
+    path: str, staging: str, opts: BuildOptions, store_root: str, suffix: str
+) -> WheelResult:
+    """Slim one package into ``staging``; the result names the staged file."""
+    store = Store(store_root)
+    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="conda-", dir=store.root / "tmp") as tmp:
+        root = Path(tmp) / "pkg"
+        root.mkdir()
+        pkg = unpack(path, root)
+        libs: list[LibraryOutcome] = []
+        for m in pkg.members:
+            if m.kind != "file" or m.path.startswith("info/") or m.size < 64:
+                continue
+            if _is_elf(root / m.path):
+                libs.append(slim_file(str(root / m.path), m.path, f"{path}:{m.path}", store, opts))
+        installed_before = sum(m.size for m in pkg.members if m.kind in ("file", "hardlink"))
+        size = os.path.getsize(path)
+        slim = {lib.member: lib for lib in libs if lib.has_code}
+        if not slim:
+            dest = os.path.join(staging, pkg.filename)
+            with atomic_output(dest, mode=0o644) as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            return WheelResult(
+                path, dest, True, size, size, installed_before, installed_before, libs
+            )
+        for member, lib in slim.items():
+            _replace_file(root / member, lib.store_path)
+        members = _rewrite_info(root, pkg, slim, opts, suffix)
+        new_build = pkg.build + suffix
+        dest = os.path.join(staging, f"{pkg.name}-{pkg.version}-{new_build}{pkg.format}")
+        pack(root, members, dest, pkg.format)
+        installed_after = sum(
+            (root / m.path).stat().st_size for m in members if m.kind in ("file", "hardlink")
+        )
+        return WheelResult(
+            path,
+            dest,
+            False,
+            size,
+            os.path.getsize(dest),
+            installed_before,
+            installed_after,
+            libs,
+        )
+
+
+def _rewrite_info(
+    root: Path, pkg: Package, slim: dict[str, LibraryOutcome], opts: BuildOptions, suffix: str
+) -> list[Member]:
+    """index.json, paths.json and the provenance file of the slim package."""
+    changed = {
+        m.path: slim[m.target if m.kind == "hardlink" else m.path]
+        for m in pkg.members
+        if (m.target if m.kind == "hardlink" else m.path) in slim and m.kind in ("file", "hardlink")
+    }
+    paths = json.loads(json.dumps(pkg.paths))
+    for entry in paths["paths"]:
+        lib = changed.get(entry["_path"])
+        if lib is not None:
+            entry["sha256"] = lib.sha256_after
+            entry["size_in_bytes"] = lib.bytes_after
+    index = dict(pkg.index)
+    index["build"] = pkg.build + suffix
+    epoch = source_date_epoch()
+    stamp = int(epoch) if epoch is not None else max(m.mtime for m in pkg.members)
+    source = {"package": pkg.filename, "sha256": file_sha256(pkg.path)}
+    files = {
+        "info/index.json": _dump(index),
+        "info/paths.json": _dump(paths),
+        f"info/{PROVENANCE}": provenance(source, opts, list(slim.values())),
+    }
+    members = [m for m in pkg.members if m.path not in files]
+    old = {m.path: m for m in pkg.members}
+    for name, data in files.items():
+        target = root / name
+        if target.exists():
+            target.unlink()
+        target.write_bytes(data)
+        m = old.get(name)
+        members.append(
+            Member(name, "file", m.mode if m else 0o644, m.mtime if m else stamp, len(data))
+        )
+    return members
+
+
+def build_packages(
+    packages: Sequence[str], outdir: str, opts: BuildOptions, store: Store, *, suffix: str
+) -> list[WheelResult]:
+    """Build every package; outputs appear in ``outdir`` only when all are built."""
+    os.makedirs(outdir, exist_ok=True)
+    names: dict[str, str] = {}
+    for p in packages:
+        base = os.path.basename(p)
+        if base in names and file_sha256(names[base]) != file_sha256(p):
+            raise InputError(f"two different packages named {base}: {names[base]} and {p}")
+        names.setdefault(base, p)
+    staging = tempfile.mkdtemp(prefix=".slimwheel-staging-", dir=outdir)
+    try:
+        with worker_pool(opts.jobs) as run:
+            got = run(
+                build_package,
+                [
+                    (p, staging, replace(opts, jobs=1), str(store.root), suffix)
+                    for p in names.values()
+                ],
+            )
+        problems = [str(g) for g in got if isinstance(g, SlimwheelError)]
+        if problems:
+            raise InputError(" | ".join(problems))
+        results: list[WheelResult] = []
+        for r in got:
+            final = os.path.join(outdir, os.path.basename(r.output))
+            os.replace(r.output, final)
+            results.append(replace(r, output=final))
+        return results
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

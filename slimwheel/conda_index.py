@@ -1,0 +1,151 @@
+"""A local conda channel of slim packages, one per target set.
+
+``CHANNEL/<subdir>/`` (and ``CHANNEL/noarch/``) lists the packages without
+slimwheel provenance. ``CHANNEL/<targets>/<subdir>/`` lists the slim builds
+for that target set, plus the plain packages no slim build of the same name,
+version and subdir replaces, so ``-c file:///.../CHANNEL/sm_90`` serves a
+whole environment and never offers the fat build of a slimmed package.
+Every channel has ``noarch/repodata.json``, as clients require. Each
+``repodata.json`` holds a record per package: its ``info/index.json`` plus
+``md5``, ``sha256`` and ``size``. Package files are hard links to their
+source (copies across file systems). Output is deterministic, and written
+like the wheel index (``index.write_site``): built beside, swapped in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .build import PROVENANCE
+from .condapkg import CondaPackageError, package_format, read_info, stem_of
+from .errors import SlimwheelError
+from .index import PublishError, write_site
+
+NOARCH = "noarch"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedPackage:
+    path: Path
+    filename: str
+    subdir: str
+    record: dict[str, Any]  # the repodata record
+    targets: str | None  # "sm_90", "sm_80-sm_90"; None: no slimwheel provenance
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (str(self.record["name"]), str(self.record["version"]), self.subdir)
+
+
+def _digests(path: Path) -> tuple[str, str]:
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            md5.update(chunk)
+            sha.update(chunk)
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def read_package(path: Path) -> IndexedPackage:
+    where = str(path)
+    prov_name = f"info/{PROVENANCE}"
+    info = read_info(path, ("info/index.json", prov_name))
+    try:
+        index = json.loads(info["info/index.json"])
+    except KeyError:
+        raise CondaPackageError("no info/index.json", path=where) from None
+    except ValueError as exc:
+        raise CondaPackageError(f"info/index.json: not JSON ({exc})", path=where) from None
+    if not isinstance(index, dict) or not all(
+        isinstance(index.get(k), str) and index[k] for k in ("name", "version", "build")
+    ):
+        raise CondaPackageError("info/index.json lacks name, version or build", path=where)
+    stem = f"{index['name']}-{index['version']}-{index['build']}"
+    if stem != stem_of(path):
+        raise CondaPackageError(
+            f"info/index.json names {stem}, the file name {stem_of(path)}", path=where
+        )
+    subdir = str(index.get("subdir") or NOARCH)
+    if not subdir or "/" in subdir or subdir.startswith("."):
+        raise CondaPackageError(f"info/index.json: bad subdir {subdir!r}", path=where)
+    targets = None
+    if prov_name in info:
+        try:
+            prov = json.loads(info[prov_name])
+            targets = "-".join(sorted(prov["targets"])) if prov["libraries"] else None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PublishError(f"unreadable {prov_name} ({exc})", path=where) from None
+    md5, sha = _digests(path)
+    record = dict(index)
+    record.update(md5=md5, sha256=sha, size=path.stat().st_size, subdir=subdir)
+    return IndexedPackage(path, path.name, subdir, record, targets)
+
+
+def collect_packages(sources: Iterable[Path]) -> list[IndexedPackage]:
+    """Every conda package of the sources, read; one file per name."""
+    by_name: dict[str, IndexedPackage] = {}
+    problems = []
+    for src in sources:
+        files = (
+            sorted(p for p in src.iterdir() if package_format(p.name) and p.is_file())
+            if src.is_dir()
+            else [src]
+        )
+        for f in files:
+            try:
+                pkg = read_package(f)
+            except SlimwheelError as exc:
+                problems.append(str(exc))
+                continue
+            seen = by_name.get(pkg.filename)
+            if seen is not None and seen.record["sha256"] != pkg.record["sha256"]:
+                problems.append(f"two different files named {pkg.filename}: {seen.path} and {f}")
+            by_name.setdefault(pkg.filename, pkg)
+    if problems:
+        raise PublishError(" | ".join(problems))
+    return sorted(by_name.values(), key=lambda p: p.filename)
+
+
+def repodata(subdir: str, packages: Sequence[IndexedPackage]) -> bytes:
+    doc = {
+        "info": {"subdir": subdir},
+        "packages": {p.filename: p.record for p in packages if p.filename.endswith(".tar.bz2")},
+        "packages.conda": {p.filename: p.record for p in packages if p.filename.endswith(".conda")},
+        "removed": [],
+        "repodata_version": 1,
+    }
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+def channel_contents(packages: list[IndexedPackage]) -> dict[str, bytes | Path]:
+    """Every file of the channels: relative path -> bytes, or the package to link."""
+    plain = [p for p in packages if p.targets is None]
+    channels: dict[str, list[IndexedPackage]] = {"": plain}
+    for t in sorted({p.targets for p in packages if p.targets}):
+        slim = [p for p in packages if p.targets == t]
+        replaced = {p.key for p in slim}
+        channels[f"{t}/"] = slim + [p for p in plain if p.key not in replaced]
+    out: dict[str, bytes | Path] = {}
+    for base, members in channels.items():
+        by_subdir: dict[str, list[IndexedPackage]] = defaultdict(list)
+        for p in members:
+            by_subdir[p.subdir].append(p)
+        by_subdir.setdefault(NOARCH, [])
+        for subdir, pkgs in sorted(by_subdir.items()):
+            out[f"{base}{subdir}/repodata.json"] = repodata(subdir, pkgs)
+            for p in pkgs:
+                out[f"{base}{subdir}/{p.filename}"] = p.path
+    return out
+
+
+def build_channel(
+    sources: Sequence[Path], channel: Path
+) -> tuple[list[IndexedPackage], dict[str, int]]:
+    packages = collect_packages(sources)
+    return packages, write_site(channel, channel_contents(packages))

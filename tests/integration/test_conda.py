@@ -1,0 +1,335 @@
+"""conda packages and channels: ``slimwheel build PKG.conda``, ``slimwheel index --conda``,
+and ``slim-env --prefix`` on a prefix a real conda client (py-rattler) created.
+
+Input packages are made by conda-package-handling, the reference
+implementation of both formats; what slimwheel writes is read back by
+conda-package-handling and py-rattler, and installed by py-rattler from a
+``file://`` channel written by ``slimwheel index --conda`` (no network).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from slimwheel.elf import ElfFile, open_elf
+from slimwheel.fatbin import scan
+from tests.conda_packages import make_package
+from tests.helpers import REPO, extract_member, local_wheel
+
+rattler = pytest.importorskip("rattler")
+cph = pytest.importorskip("conda_package_handling.api")
+
+pytestmark = pytest.mark.slow
+FORMATS = [".conda", ".tar.bz2"]
+PROVENANCE_SCHEMA = json.loads((REPO / "slimwheel/schemas/provenance.schema.json").read_text())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "slimwheel", *args], capture_output=True, text=True
+    )
+
+
+def _sha(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fixture_package(tmp: Path, lib: Path, fmt: str) -> Path:
+    return make_package(
+        tmp,
+        "fixture-cuda",
+        {"lib/libfixture.so": lib, "share/fixture-cuda/README": b"not a library\n"},
+        links={"lib/libfixture.so.1": "libfixture.so"},
+        fmt=fmt,
+        build="cuda130_0",
+    )
+
+
+def _arches(lib: Path) -> set[str]:
+    with open_elf(lib) as elf:
+        return {e.arch_name for r in scan(elf).regions for e in r.elements}
+
+
+def _check_extracted(pkg: Path, dest: Path) -> dict[str, object]:
+    """Extract with conda-package-handling; every paths.json entry is true."""
+    cph.extract(str(pkg), str(dest))
+    paths = json.loads((dest / "info/paths.json").read_text())["paths"]
+    for e in paths:
+        f = dest / e["_path"]
+        if e["path_type"] == "hardlink":
+            assert _sha(f) == e["sha256"] and f.stat().st_size == e["size_in_bytes"], e
+        elif e["path_type"] == "softlink":
+            assert f.is_symlink()
+    listed = {e["_path"] for e in paths}
+    on_disk = {
+        str(p.relative_to(dest))
+        for p in dest.rglob("*")
+        if (p.is_file() or p.is_symlink()) and not str(p.relative_to(dest)).startswith("info/")
+    }
+    assert listed == on_disk
+    return json.loads((dest / "info/index.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_build_package(fixture_libs: dict[str, Path], tmp_path: Path, fmt: str) -> None:
+    lib = fixture_libs["big"]
+    src = _fixture_package(tmp_path, lib, fmt)
+    src_bytes = src.read_bytes()
+    store = str(tmp_path / "store")
+    outs = []
+    for n in (1, 2):  # cold, then warm: byte-identical
+        out = tmp_path / f"out{n}"
+        r = _cli("build", str(src), "--arch", "sm_90", "-o", str(out), "--store", store, "--json")
+        assert r.returncode == 0, r.stderr
+        outs.append(out / f"fixture-cuda-1.0-cuda130_0_sm90{fmt}")
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert src.read_bytes() == src_bytes, "input untouched"
+    slim = outs[0]
+    index = _check_extracted(slim, tmp_path / "x")
+    orig_index = _check_extracted(src, tmp_path / "orig")
+    assert index == {**orig_index, "build": "cuda130_0_sm90"}
+    x = tmp_path / "x"
+    assert _arches(x / "lib/libfixture.so") == {"sm_90"}
+    assert (x / "lib/libfixture.so").stat().st_size < lib.stat().st_size // 2
+    assert (x / "share/fixture-cuda/README").read_bytes() == b"not a library\n"
+    assert os.readlink(x / "lib/libfixture.so.1") == "libfixture.so"
+    prov = json.loads((x / "info/slimwheel.json").read_text())
+    jsonschema.validate(prov, PROVENANCE_SCHEMA)
+    assert prov["source"] == {"package": src.name, "sha256": hashlib.sha256(src_bytes).hexdigest()}
+    assert prov["targets"] == ["sm_90"]
+    assert prov["libraries"][0]["path"] == "lib/libfixture.so"
+    # py-rattler reads the archive as well
+    assert str(rattler.IndexJson.from_package_archive(slim).build) == "cuda130_0_sm90"
+    entries = {str(e.relative_path): e for e in rattler.PathsJson.from_package_archive(slim).paths}
+    assert entries["lib/libfixture.so"].sha256.hex() == _sha(x / "lib/libfixture.so")
+    # --no-build-suffix keeps the name
+    r = _cli(
+        "build",
+        str(src),
+        "--arch",
+        "sm_90",
+        "-o",
+        str(tmp_path / "same"),
+        "--store",
+        store,
+        "--no-build-suffix",
+        "-q",
+    )
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in (tmp_path / "same").iterdir()] == [src.name]
+
+
+def test_package_without_device_code_passes_through(tmp_path: Path) -> None:
+    src = make_package(tmp_path, "plain", {"share/plain/data.txt": b"x" * 1000})
+    r = _cli("build", str(src), "--arch", "sm_90", "-o", str(tmp_path / "out"), "-q")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / src.name).read_bytes() == src.read_bytes()
+
+
+# -- hostile packages ---------------------------------------------------------------
+
+
+def _raw_tar_bz2(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    with tarfile.open(path, "w:bz2") as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
+    return path
+
+
+def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    return ti, data
+
+
+def _info(name: str, paths: list[dict[str, object]]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    index = {"name": name, "version": "1.0", "build": "0", "subdir": "linux-64"}
+    return [
+        _file("info/index.json", json.dumps(index).encode()),
+        _file("info/paths.json", json.dumps({"paths": paths, "paths_version": 1}).encode()),
+    ]
+
+
+def _hostile(tmp: Path, fixture_lib: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (package, what the error must say)."""
+    out: dict[str, tuple[Path, str]] = {}
+    ok = {"_path": "share/a", "path_type": "hardlink"}
+    out["traversal"] = (
+        _raw_tar_bz2(tmp / "trav-1.0-0.tar.bz2", [*_info("trav", [ok]), _file("../evil", b"x")]),
+        "unsafe path",
+    )
+    out["absolute"] = (
+        _raw_tar_bz2(tmp / "abs-1.0-0.tar.bz2", [*_info("abs", [ok]), _file("/etc/evil", b"x")]),
+        "unsafe path",
+    )
+    link = tarfile.TarInfo("lib/libx.so")
+    link.type, link.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+    out["link out"] = (
+        _raw_tar_bz2(tmp / "lnk-1.0-0.tar.bz2", [*_info("lnk", []), (link, b"")]),
+        "points outside the package",
+    )
+    lying = {"_path": "share/a", "path_type": "hardlink", "sha256": "0" * 64, "size_in_bytes": 1}
+    out["lying paths.json"] = (
+        _raw_tar_bz2(tmp / "lie-1.0-0.tar.bz2", [*_info("lie", [lying]), _file("share/a", b"x")]),
+        "wrong sha256 for share/a",
+    )
+    out["unlisted file"] = (
+        _raw_tar_bz2(tmp / "unl-1.0-0.tar.bz2", [*_info("unl", []), _file("share/a", b"x")]),
+        "not listed in info/paths.json",
+    )
+    good = make_package(tmp, "trunc", {"share/a": b"x" * 100_000})
+    cut = tmp / "trunc-1.0-0.conda"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    out["truncated"] = (cut, "unreadable archive")
+    buf = bytearray(fixture_lib.read_bytes())
+    el = scan(ElfFile(bytes(buf))).regions[0].elements[0]
+    struct.pack_into("<I", buf, el.offset + 4, 0x7FFFFFF0)
+    bad = tmp / "libbad.so"
+    bad.write_bytes(bytes(buf))
+    out["corrupt fatbin"] = (
+        make_package(tmp, "badfat", {"lib/libbad.so": bad}),
+        "lib/libbad.so: fatbin element",
+    )
+    return out
+
+
+def test_hostile_packages_are_refused(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for what, (pkg, message) in _hostile(src, fixture_libs["many_none"]).items():
+        before = pkg.read_bytes()
+        out = tmp_path / f"out-{what.replace(' ', '_')}"
+        r = _cli(
+            "build", str(pkg), "--arch", "sm_90", "-o", str(out), "--store", str(tmp_path / "s")
+        )
+        assert r.returncode == 1, (what, r.stderr)
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (what, r.stderr)
+        assert pkg.name in r.stderr and message in r.stderr, (what, r.stderr)
+        assert not out.exists() or not any(out.iterdir()), what
+        assert pkg.read_bytes() == before
+        assert not (tmp_path / "evil").exists()
+    # the index refuses them too (what it reads of them), with one line
+    r = _cli("index", "--conda", str(src / "trunc-1.0-0.conda"), "-o", str(tmp_path / "ch"))
+    assert r.returncode == 1 and "trunc-1.0-0.conda" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "ch").exists()
+
+
+# -- channels, a real client, and slim-env on its prefix ------------------------------
+
+
+def _solve_install(channel: Path, specs: list[str], prefix: Path, cache: Path) -> list[str]:
+    """Solve and install (py-rattler makes the prefix hold exactly the solution)."""
+
+    async def go() -> list[str]:
+        records = await rattler.solve(
+            [rattler.Channel(channel.as_uri())], specs, platforms=["linux-64", "noarch"]
+        )
+        await rattler.install(records, prefix, cache_dir=cache, show_progress=False)
+        return [r.file_name for r in records]
+
+    return asyncio.run(go())
+
+
+def _records_true(prefix: Path) -> int:
+    """Check every conda-meta record, as py-rattler reads it, against the files."""
+    checked = 0
+    for meta in sorted((prefix / "conda-meta").glob("*.json")):
+        record = rattler.PrefixRecord.from_path(meta)
+        for e in record.paths_data.paths:
+            f = prefix / e.relative_path
+            if f.is_symlink():
+                continue
+            assert e.size_in_bytes == f.stat().st_size, e.relative_path
+            want = e.sha256_in_prefix or e.sha256
+            assert want is not None and want.hex() == _sha(f), e.relative_path
+            checked += 1
+    return checked
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): ("-> " + os.readlink(p)) if p.is_symlink() else _sha(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
+
+
+def test_channel_install_and_slim_env(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    curand = extract_member(local_wheel("nvidia-curand==10.4.0.35"), "libcurand.so.10", tmp_path)
+    make_package(
+        pkgs, "fixture-cuda", {"lib/libfixture.so": fixture_libs["big"]}, build="cuda130_0"
+    )
+    make_package(
+        pkgs,
+        "curand",
+        {"lib/libcurand.so.10": curand},
+        version="10.4.0.35",
+        build="h0_0",
+        fmt=".tar.bz2",
+    )
+    make_package(pkgs, "docs", {"share/docs/a.txt": b"plain\n"}, subdir="noarch")
+    store = str(tmp_path / "store")
+    dist = tmp_path / "dist"
+    r = _cli("build", str(pkgs), "--arch", "sm_90", "-o", str(dist), "--store", store, "-q")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in dist.iterdir()) == [
+        "curand-10.4.0.35-h0_0_sm90.tar.bz2",
+        "docs-1.0-0.conda",
+        "fixture-cuda-1.0-cuda130_0_sm90.conda",
+    ]
+    channel = tmp_path / "channel"
+    r = _cli("index", "--conda", str(pkgs), str(dist), "-o", str(channel))
+    assert r.returncode == 0, r.stderr
+    sm90 = json.loads((channel / "sm_90/linux-64/repodata.json").read_text())
+    assert sorted(sm90["packages.conda"]) == ["fixture-cuda-1.0-cuda130_0_sm90.conda"]
+    assert sorted(sm90["packages"]) == ["curand-10.4.0.35-h0_0_sm90.tar.bz2"]
+    record = sm90["packages.conda"]["fixture-cuda-1.0-cuda130_0_sm90.conda"]
+    assert record["sha256"] == _sha(dist / "fixture-cuda-1.0-cuda130_0_sm90.conda")
+    noarch = json.loads((channel / "sm_90/noarch/repodata.json").read_text())
+    assert sorted(noarch["packages.conda"]) == ["docs-1.0-0.conda"]
+    plain = json.loads((channel / "linux-64/repodata.json").read_text())
+    assert sorted(plain["packages.conda"]) == ["fixture-cuda-1.0-cuda130_0.conda"]
+    again = _cli("index", "--conda", str(pkgs), str(dist), "-o", str(channel))
+    assert again.returncode == 0 and "0 files written" in again.stdout
+
+    # Installing from the sm_90 channel gets the slim builds.
+    cache = tmp_path / "rattler-cache"
+    slim_prefix = tmp_path / "slim-env"
+    names = _solve_install(channel / "sm_90", ["fixture-cuda"], slim_prefix, cache)
+    assert names == ["fixture-cuda-1.0-cuda130_0_sm90.conda"]
+    assert _arches(slim_prefix / "lib/libfixture.so") == {"sm_90"}
+    assert _records_true(slim_prefix) >= 1
+
+    # A prefix of the original builds, made by py-rattler (hard links into its
+    # package cache), slimmed in place and restored.
+    prefix = tmp_path / "env"
+    _solve_install(channel, ["fixture-cuda", "curand", "docs"], prefix, cache)
+    assert len(list((prefix / "conda-meta").glob("*.json"))) == 3
+    cache_before = _snapshot(cache)
+    before = _snapshot(prefix)
+    assert _records_true(prefix) >= 3
+    args = ["--prefix", str(prefix), "--store", store]
+    r = _cli("slim-env", "--arch", "sm_90", *args)
+    assert r.returncode == 0, r.stderr
+    assert _arches(prefix / "lib/libcurand.so.10") <= {"sm_90", "compute_90"}
+    assert (prefix / "lib/libcurand.so.10").stat().st_size < curand.stat().st_size
+    assert _records_true(prefix) >= 3, "py-rattler reads records that match the slim files"
+    assert _snapshot(cache) == cache_before, "the package cache behind the hard links is untouched"
+    assert _cli("restore", *args).returncode == 0
+    assert _records_true(prefix) >= 3
+    assert _snapshot(prefix) == before
