@@ -1,6 +1,6 @@
 """Cold and warm ``slimwheel build`` of the torch 2.14.1 stack, and the sizes it reaches.
 
-    .venv/bin/python bench/bench_build.py [--arch sm_90]
+    .venv/bin/python bench/bench_build.py [--arch sm_90] [--drop-lto]
 
 The stack is torch 2.14.1 and its nvidia-* dependency wheels (pip download
 --deps from the configured index; cached under .cache/). A cold build uses an
@@ -55,6 +55,7 @@ def lib_bytes(wheel: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--drop-lto", action="store_true", help="passed to slimwheel build")
     args = ap.parse_args()
     wheels = stack_wheels()
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
@@ -70,6 +71,7 @@ def main() -> None:
             "--store",
             str(store),
             "-q",
+            *(["--drop-lto"] if args.drop_lto else []),
         ]
         cold_t, cold_rss = timed([*base, "-o", str(Path(tmp) / "cold")])
         warm_t, warm_rss = timed([*base, "-o", str(Path(tmp) / "warm")])
@@ -77,7 +79,8 @@ def main() -> None:
         warm = sorted((Path(tmp) / "warm").iterdir())
         identical = [a.read_bytes() == b.read_bytes() for a, b in zip(cold, warm, strict=True)]
         print(
-            f"{len(wheels)} wheels (torch + nvidia-*), --arch {args.arch}, {os.cpu_count()} cores"
+            f"{len(wheels)} wheels (torch + nvidia-*), --arch {args.arch}"
+            f"{' --drop-lto' if args.drop_lto else ''}, {os.cpu_count()} cores"
         )
         print(f"cold build: {cold_t:6.1f} s, peak RSS {cold_rss:.0f} MB (targets 240 s, 1024 MB)")
         print(

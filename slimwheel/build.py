@@ -62,6 +62,7 @@ class BuildOptions:
     jobs: int = 1
     profile: Profile | None = None
     profile_by_name: bool = False
+    drop_lto: bool = False
 
     @property
     def profile_digest(self) -> str | None:
@@ -71,11 +72,13 @@ class BuildOptions:
         return hashlib.sha256(doc.encode()).hexdigest()
 
 
-def default_label(targets: Sequence[Target], keep_ptx: bool) -> str:
-    """``sm90``, ``sm80.sm90``, ``sm90.ptx``."""
+def default_label(targets: Sequence[Target], keep_ptx: bool, drop_lto: bool = False) -> str:
+    """``sm90``, ``sm80.sm90``, ``sm90.ptx``, ``sm90.nolto``."""
     parts = [f"sm{t.major}{t.minor}" for t in sorted(targets)]
     if keep_ptx:
         parts.append("ptx")
+    if drop_lto:
+        parts.append("nolto")
     return ".".join(parts)
 
 
@@ -146,11 +149,18 @@ def slim_file(
         targets=[t.name for t in opts.targets],
         keep_ptx=opts.keep_ptx,
         profile_digest=usage.digest() if usage else None,
+        drop_lto=opts.drop_lto,
     )
 
     def build(dest: Path) -> dict[str, Any]:
         r = slim_library(
-            src, dest, targets=opts.targets, keep_ptx=opts.keep_ptx, name=where, usage=usage
+            src,
+            dest,
+            targets=opts.targets,
+            keep_ptx=opts.keep_ptx,
+            name=where,
+            usage=usage,
+            drop_lto=opts.drop_lto,
         )
         return {
             "elements_before": r.plan.kept_elements + r.plan.removed_elements,
@@ -217,6 +227,7 @@ def provenance(source: dict[str, str], opts: BuildOptions, libs: list[LibraryOut
         "source": source,
         "targets": [t.name for t in opts.targets],
         "ptx_policy": "keep-newest" if opts.keep_ptx else "only-when-needed",
+        "lto_policy": "drop" if opts.drop_lto else "keep",
         "profile_digest": opts.profile_digest,
         "libraries": [
             {

@@ -365,6 +365,7 @@ def slim_env(
     backup: bool = True,
     progress: Callable[[str], None] | None = None,
     conda: bool = False,
+    drop_lto: bool = False,
 ) -> list[EnvChange]:
     env = Environment(site, store, conda=conda)
     changes = []
@@ -381,7 +382,9 @@ def slim_env(
                 progress(rel)
             if dry_run:
                 with map_file(path) as buf:
-                    plan = plan_layout(scan(ElfFile(buf, str(path))), targets, keep_ptx=keep_ptx)
+                    plan = plan_layout(
+                        scan(ElfFile(buf, str(path))), targets, keep_ptx=keep_ptx, drop_lto=drop_lto
+                    )
                 changes.append(EnvChange(rel, size, size - plan.removed_bytes, "dry run"))
                 continue
             sha = file_sha256(path)
@@ -391,10 +394,13 @@ def slim_env(
                 targets=names,
                 keep_ptx=keep_ptx,
                 profile_digest=usage.digest() if usage else None,
+                drop_lto=drop_lto,
             )
 
             def build(dest: Path, src: Path = path, u: Any = usage) -> dict[str, Any]:
-                r = slim_library(src, dest, targets=targets, keep_ptx=keep_ptx, usage=u)
+                r = slim_library(
+                    src, dest, targets=targets, keep_ptx=keep_ptx, usage=u, drop_lto=drop_lto
+                )
                 return {
                     "elements_before": r.plan.kept_elements + r.plan.removed_elements,
                     "elements_after": r.plan.kept_elements,

@@ -44,6 +44,7 @@ def scan_library(
     where: str | None = None,
     targets: Sequence[Target] = (),
     keep_ptx: bool = False,
+    drop_lto: bool = False,
     kernels: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> LibraryScan:
@@ -68,7 +69,11 @@ def scan_library(
                     if el.end - swept > RELEASE_EVERY:
                         release(buf, swept, el.offset)
                         swept = el.offset
-            plan = plan_layout(layout, targets, keep_ptx=keep_ptx) if targets else None
+            plan = (
+                plan_layout(layout, targets, keep_ptx=keep_ptx, drop_lto=drop_lto)
+                if targets
+                else None
+            )
             return LibraryScan(
                 name=name or label,
                 file_size=len(buf),

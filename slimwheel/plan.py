@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .arch import Target, can_run, driver_choice, split_arch
 from .cubin import ModuleSymbols
-from .fatbin import DEDICATED_SECTIONS, Element, FatbinLayout, Region, Variant
+from .fatbin import DEDICATED_SECTIONS, Element, ElementKind, FatbinLayout, Region, Variant
 
 
 class Reason(enum.Enum):
@@ -26,6 +26,7 @@ class Reason(enum.Enum):
     PTX_NOT_NEEDED = "ptx-not-needed"  # PTX where every target gets a cubin
     SECTION_LEFT_ALONE = "section-left-alone"  # its section is not slimmed in this library
     NOT_USED = "not-used"  # the profile never launched its kernels nor touched its variables
+    LTO_DROPPED = "lto-dropped"  # LTO-IR, removed on request (--drop-lto)
 
     @property
     def keeps(self) -> bool:
@@ -50,6 +51,7 @@ _REASON_TEXT = {
     Reason.PTX_NOT_NEEDED: "PTX not needed: a cubin is loaded instead",
     Reason.SECTION_LEFT_ALONE: "kept: its section is left alone in this library",
     Reason.NOT_USED: "not used by the profile: none of its kernels or variables",
+    Reason.LTO_DROPPED: "LTO-IR, dropped on request (--drop-lto)",
 }
 
 
@@ -101,6 +103,7 @@ class Plan:
     keep_ptx: bool
     regions: tuple[RegionPlan, ...]
     left_alone: tuple[tuple[str, str], ...] = ()  # (section, why)
+    drop_lto: bool = False
 
     @property
     def decisions(self) -> Iterator[Decision]:
@@ -131,6 +134,7 @@ def plan_region(
     *,
     keep_ptx: bool = False,
     left_alone: bool = False,
+    drop_lto: bool = False,
 ) -> RegionPlan:
     loaded: dict[int, list[Target]] = {}
     for t in targets:
@@ -146,6 +150,8 @@ def plan_region(
             reason = Reason.LOADED
         elif forward is not None and e.offset == forward.offset:
             reason = Reason.KEEP_PTX
+        elif drop_lto and e.kind == ElementKind.NVVM:
+            reason = Reason.LTO_DROPPED
         elif not (e.is_cubin or e.is_ptx):
             reason = Reason.NOT_DRIVER_CODE
         elif not any(can_run(e, t) for t in targets):
@@ -168,6 +174,7 @@ def plan_layout(
     *,
     keep_ptx: bool = False,
     leave: Mapping[str, str] | None = None,
+    drop_lto: bool = False,
 ) -> Plan:
     """Decide, for every element of every region, whether it stays.
 
@@ -179,10 +186,13 @@ def plan_layout(
         tuple(targets),
         keep_ptx,
         tuple(
-            plan_region(r, targets, keep_ptx=keep_ptx, left_alone=r.section in leave)
+            plan_region(
+                r, targets, keep_ptx=keep_ptx, left_alone=r.section in leave, drop_lto=drop_lto
+            )
             for r in layout.regions
         ),
         tuple(sorted((s, why) for s, why in leave.items() if s in present)),
+        drop_lto,
     )
 
 
@@ -217,4 +227,4 @@ def apply_usage(
                     d = Decision(d.element, Reason.NOT_USED, d.targets)
             decisions.append(d)
         regions.append(RegionPlan(rp.region, tuple(decisions)))
-    return Plan(plan.targets, plan.keep_ptx, tuple(regions), plan.left_alone)
+    return Plan(plan.targets, plan.keep_ptx, tuple(regions), plan.left_alone, plan.drop_lto)

@@ -73,6 +73,7 @@ def slim_library(
     leave: Mapping[str, str] | None = None,
     name: str | None = None,
     usage: LibraryUsage | None = None,
+    drop_lto: bool = False,
 ) -> SlimResult:
     """Write ``dest``: ``src`` with only what ``targets`` load. ``dest`` may be ``src``."""
     label = name or os.fspath(src)
@@ -83,7 +84,7 @@ def slim_library(
         with map_file(src) as buf, open(src, "rb") as fsrc:
             elf = ElfFile(buf, label)
             layout = scan(elf)
-            plan = plan_layout(layout, targets, keep_ptx=keep_ptx, leave=leave)
+            plan = plan_layout(layout, targets, keep_ptx=keep_ptx, leave=leave, drop_lto=drop_lto)
             if usage is not None:
                 plan = _apply_profile(buf, label, plan, usage)
             edit = edits_for(elf, layout, plan)
@@ -141,11 +142,12 @@ def verify_pair(
     targets: Sequence[Target],
     keep_ptx: bool = False,
     leave: Mapping[str, str] | None = None,
+    drop_lto: bool = False,
 ) -> VerifyReport:
     """Check an existing pair (``slimwheel verify``)."""
     with map_file(original) as obuf, map_file(slimmed) as sbuf:
         orig = ElfFile(obuf, os.fspath(original))
         slim = ElfFile(sbuf, os.fspath(slimmed))
         layout = scan(orig)
-        plan = plan_layout(layout, targets, keep_ptx=keep_ptx, leave=leave)
+        plan = plan_layout(layout, targets, keep_ptx=keep_ptx, leave=leave, drop_lto=drop_lto)
         return verify(orig, slim, plan, orig_layout=layout)

@@ -68,7 +68,11 @@ def entry_key(
     keep_ptx: bool,
     profile_digest: str | None = None,
     options: dict[str, Any] | None = None,
+    drop_lto: bool = False,
 ) -> str:
+    options = dict(options or {})
+    if drop_lto:
+        options["drop_lto"] = True  # absent otherwise: keys of earlier builds stay valid
     doc = {
         "library": library_sha256,
         "targets": sorted(targets),

@@ -122,10 +122,11 @@ def execute(args: argparse.Namespace) -> int:
     profile = profile_from(args)
     label = None
     if not args.no_local_label:
-        label = args.local_label or default_label(targets, args.keep_ptx)
+        label = args.local_label or default_label(targets, args.keep_ptx, args.drop_lto)
     opts = BuildOptions(
         targets=targets,
         keep_ptx=args.keep_ptx,
+        drop_lto=args.drop_lto,
         label=label,
         jobs=args.jobs,
         profile=profile,
@@ -178,7 +179,7 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def _conda_label(opts: BuildOptions, targets: Any, args: argparse.Namespace) -> str:
-    label = default_label(targets, args.keep_ptx)
+    label = default_label(targets, args.keep_ptx, args.drop_lto)
     if opts.profile_digest:
         label += f".p{opts.profile_digest[:8]}"
     return label

@@ -54,6 +54,7 @@ def execute(args: argparse.Namespace) -> int:
                     where=src.where,
                     targets=targets,
                     keep_ptx=args.keep_ptx,
+                    drop_lto=args.drop_lto,
                     kernels=args.kernels,
                 )
             advance(src.size, src.name)

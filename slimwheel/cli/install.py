@@ -80,6 +80,7 @@ def execute(args: argparse.Namespace) -> int:
             store,
             targets=targets,
             keep_ptx=args.keep_ptx,
+            drop_lto=args.drop_lto,
             profile=profile_from(args),
             only=installed,
         ):

@@ -29,6 +29,12 @@ def add_target_options(parser: argparse.ArgumentParser, *, required: bool) -> No
         action="store_true",
         help="also keep, per region, the newest PTX (forward compatibility with newer GPUs)",
     )
+    parser.add_argument(
+        "--drop-lto",
+        action="store_true",
+        help="also remove LTO-IR (never loaded by the driver; cuFFT links it at run time for "
+        "LTO callbacks, which then fail)",
+    )
 
 
 def targets_from(args: argparse.Namespace) -> tuple[Target, ...]:

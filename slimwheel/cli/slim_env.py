@@ -77,6 +77,7 @@ def execute(args: argparse.Namespace) -> int:
             conda=conda,
             targets=targets,
             keep_ptx=args.keep_ptx,
+            drop_lto=args.drop_lto,
             profile=profile_from(args),
             only=args.only,
             dry_run=args.dry_run,

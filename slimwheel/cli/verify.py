@@ -29,6 +29,7 @@ def execute(args: argparse.Namespace) -> int:
         args.slim,
         targets=targets_from(args),
         keep_ptx=args.keep_ptx,
+        drop_lto=args.drop_lto,
         leave=sections_to_leave(args.original, args.leave_section),
     )
     if report.problems:

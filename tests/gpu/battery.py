@@ -201,6 +201,38 @@ def _train() -> None:
     record("train_params", torch.cat([p.detach().flatten() for p in model.parameters()]))
 
 
+def _fft_sweep() -> None:
+    """cuFFT across many sizes, precisions and ranks (run alone: battery.py OUT --fft-sweep).
+
+    cuFFT picks kernels per size (radix, Bluestein for large primes, ...);
+    a sweep reaches far more of its kernels and code paths than the battery.
+    """
+    sizes = [*range(1, 1025), 1031, 2048, 2310, 4096, 4099, 7919, 8192, 10007, 16384]
+    sizes += [65536, 65537, 100003, 131072, 1 << 20, 1_000_000]
+
+    def case(name: str, fn: Any) -> None:
+        try:
+            record(name, fn())
+        except Exception as exc:
+            results[name + ":error"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    for n in sizes:
+        x = rand(2, n).to(torch.complex64)
+        case(f"c2c_f32_{n}", lambda x=x: torch.fft.fft(x))
+        if n <= 512 or n in (4096, 65536, 100003):
+            case(f"c2c_f64_{n}", lambda n=n: torch.fft.ifft(rand(2, n, dtype=torch.float64)))
+            case(f"r2c_{n}", lambda n=n: torch.fft.rfft(rand(2, n)))
+            case(f"c2r_{n}", lambda n=n: torch.fft.irfft(rand(2, n).to(torch.complex64)))
+    for k in range(1, 13):
+        case(f"c2c_f16_{1 << k}", lambda k=k: torch.fft.fft(rand(2, 1 << k, dtype=torch.float16)))
+    dims = [3, 5, 16, 17, 64, 100, 128, 255, 256, 1000, 1024]
+    for a in dims:
+        for b in dims:
+            case(f"fft2_{a}x{b}", lambda a=a, b=b: torch.fft.fft2(rand(a, b)))
+    for shape in [(8, 8, 8), (16, 32, 64), (7, 11, 13), (64, 64, 64)]:
+        case(f"fftn_{'x'.join(map(str, shape))}", lambda shape=shape: torch.fft.fftn(rand(*shape)))
+
+
 def _mapped_or_found(stem: str) -> list[str]:
     mapped = [p for p in _mapped() if stem in os.path.basename(p)]
     if mapped:
@@ -226,7 +258,8 @@ def _mapped() -> list[str]:
 
 
 def main() -> None:
-    for name, fn in STEPS:
+    steps = [("fft_sweep", _fft_sweep)] if "--fft-sweep" in sys.argv[2:] else STEPS
+    for name, fn in steps:
         torch.manual_seed(0)  # module initializers draw from the global generator
         try:
             fn()

@@ -143,6 +143,7 @@ def test_version_labels(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
         ([], "gpu_pkg-2.5.1+cu124.sm80.sm90-"),
         (["--local-label", "h100"], "gpu_pkg-2.5.1+cu124.h100-"),
         (["--no-local-label"], "gpu_pkg-2.5.1+cu124-"),
+        (["--drop-lto"], "gpu_pkg-2.5.1+cu124.sm80.sm90.nolto-"),
     ):
         out = tmp_path / f"out{len(extra)}{expected[-6:]}"
         assert (
@@ -164,6 +165,11 @@ def test_version_labels(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
         )
         (built,) = out.iterdir()
         assert built.name.startswith(expected), built.name
+        with zipfile.ZipFile(built) as zf:
+            prov = json.loads(
+                next(zf.read(n) for n in zf.namelist() if n.endswith(".dist-info/slimwheel.json"))
+            )
+        assert prov["lto_policy"] == ("drop" if "--drop-lto" in extra else "keep")
 
 
 def test_store_entry_that_lies_is_rebuilt(fixture_libs: dict[str, Path], tmp_path: Path) -> None:

@@ -109,3 +109,23 @@ def test_whole_stack(tmp_path: Path) -> None:
     for name, sel, sav, _loads_after in rows:
         if sel > (1 << 20):
             assert sav >= 0.95 * sel, name
+
+
+def test_cufft_lto_ir_kept_unless_dropped(tmp_path: Path) -> None:
+    """cuFFT's 112 MB of LTO-IR (12,728 regions in .ldata) stays by default;
+    --drop-lto removes it and the emptied regions leave the file."""
+    lib = next(stack_site().rglob("libcufft.so.12"))
+
+    def lto_bytes(path: Path) -> int:
+        with open_elf(path) as elf:
+            return sum(e.size for _, e in scan(elf).elements if e.kind_label == "lto-ir")
+
+    assert lto_bytes(lib) > 100_000_000
+    kept = slim_library(lib, tmp_path / "kept.so", targets=SM90)
+    dropped = slim_library(lib, tmp_path / "dropped.so", targets=SM90, drop_lto=True)
+    assert kept.report.problems == [] and dropped.report.problems == []
+    assert lto_bytes(tmp_path / "kept.so") == lto_bytes(lib)
+    assert lto_bytes(tmp_path / "dropped.so") == 0
+    assert dropped.saved - kept.saved >= 0.95 * lto_bytes(lib)
+    reasons = {d.reason.value for d in dropped.plan.decisions if d.element.kind_label == "lto-ir"}
+    assert reasons == {"lto-dropped"}
