@@ -313,6 +313,9 @@ def test_channel_install_and_slim_env(fixture_libs: dict[str, Path], tmp_path: P
     names = _solve_install(channel / "sm_90", ["fixture-cuda"], slim_prefix, cache)
     assert names == ["fixture-cuda-1.0-cuda130_0_sm90.conda"]
     assert _arches(slim_prefix / "lib/libfixture.so") == {"sm_90"}
+    built = rattler.PathsJson.from_package_archive(dist / names[0])
+    want = next(e for e in built.paths if str(e.relative_path) == "lib/libfixture.so")
+    assert want.sha256.hex() == _sha(slim_prefix / "lib/libfixture.so"), "the slim build's file"
     assert _records_true(slim_prefix) >= 1
 
     # A prefix of the original builds, made by py-rattler (hard links into its
@@ -326,6 +329,8 @@ def test_channel_install_and_slim_env(fixture_libs: dict[str, Path], tmp_path: P
     args = ["--prefix", str(prefix), "--store", store]
     r = _cli("slim-env", "--arch", "sm_90", *args)
     assert r.returncode == 0, r.stderr
+    status = _cli("status", *args).stdout
+    assert "lib/libcurand.so.10" in status and "lib/libfixture.so" in status
     assert _arches(prefix / "lib/libcurand.so.10") <= {"sm_90", "compute_90"}
     assert (prefix / "lib/libcurand.so.10").stat().st_size < curand.stat().st_size
     assert _records_true(prefix) >= 3, "py-rattler reads records that match the slim files"
