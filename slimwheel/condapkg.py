@@ -46,6 +46,8 @@ FORMATS = (CONDA, TAR_BZ2)
 ZSTD_LEVEL = 12
 BZ2_LEVEL = 9
 _CHUNK = 1 << 20
+#: What a malformed archive raises while it is read.
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zstandard.ZstdError, EOFError)
 
 
 class CondaPackageError(InputError):
@@ -190,10 +192,12 @@ def unpack(path: str | os.PathLike[str], dest: Path) -> Package:
                         )
                     parent = posixpath.dirname(parent)
                 members[name] = _extract(tf, ti, name, dest, members, where)
-    except (tarfile.TarError, zipfile.BadZipFile, zstandard.ZstdError, EOFError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.filename and not str(exc.filename).startswith(where):
-            raise
+    except _ARCHIVE_ERRORS as exc:
         raise CondaPackageError(f"unreadable archive ({exc})", path=where) from None
+    except OSError as exc:  # writing the member out (a name clash, a full disk)
+        raise CondaPackageError(
+            f"cannot unpack {exc.filename}: {exc.strerror or exc}", path=where
+        ) from None
     index = _json_member(dest, members, "info/index.json", where)
     paths = _json_member(dest, members, "info/paths.json", where)
     pkg = Package(src, fmt, tuple(members.values()), index, paths)
@@ -330,7 +334,7 @@ def read_info(path: str | os.PathLike[str], names: tuple[str, ...]) -> dict[str,
                     found[name] = f.read()
                     if len(found) == len(names):
                         return found
-    except (tarfile.TarError, zipfile.BadZipFile, zstandard.ZstdError, EOFError, OSError) as exc:
+    except (*_ARCHIVE_ERRORS, OSError) as exc:
         raise CondaPackageError(f"unreadable archive ({exc})", path=where) from None
     return found
 

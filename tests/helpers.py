@@ -134,3 +134,14 @@ def extract_member(wheel: Path, suffix: str, dest: Path) -> Path:
                         shutil.copyfileobj(src, dst, 1 << 20)
                 return out
     raise FileNotFoundError(f"{suffix} not in {wheel}")
+
+
+def venv_purelib(python: Path) -> Path:
+    """The site-packages directory (purelib) of an interpreter."""
+    out = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(out.stdout.strip())

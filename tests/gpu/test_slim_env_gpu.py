@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.gpu.test_torch_stack_gpu import compare, installed_site, run_battery
+from tests.helpers import venv_purelib
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -68,14 +69,7 @@ def test_slim_env_native_then_restore(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    vsite = Path(
-        subprocess.run(
-            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    vsite = venv_purelib(py)
     for entry in sorted(site.iterdir()):
         n = entry.name
         if entry.is_dir() and (

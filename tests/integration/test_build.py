@@ -21,7 +21,7 @@ from slimwheel.cli import main
 from slimwheel.elf import open_elf
 from slimwheel.fatbin import scan
 from slimwheel.store import Store
-from tests.helpers import local_wheel
+from tests.helpers import local_wheel, venv_purelib
 
 SM90 = Target(9, 0)
 
@@ -318,14 +318,7 @@ def test_curand_wheel(tmp_path: Path) -> None:
     )
     check = subprocess.run([str(py), "-m", "pip", "check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
-    site = Path(
-        subprocess.run(
-            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    site = venv_purelib(py)
     record = site / "nvidia_curand-10.4.0.35+sm90.dist-info" / "RECORD"
     lib = None
     for path, h, _size in csv.reader(record.read_text().splitlines()):

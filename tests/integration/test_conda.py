@@ -181,6 +181,12 @@ def _hostile(tmp: Path, fixture_lib: Path) -> dict[str, tuple[Path, str]]:
         _raw_tar_bz2(tmp / "lnk-1.0-0.tar.bz2", [*_info("lnk", []), (link, b"")]),
         "points outside the package",
     )
+    fifo = tarfile.TarInfo("share/pipe")
+    fifo.type = tarfile.FIFOTYPE
+    out["fifo"] = (
+        _raw_tar_bz2(tmp / "fifo-1.0-0.tar.bz2", [*_info("fifo", []), (fifo, b"")]),
+        "neither a file, a directory nor a link",
+    )
     lying = {"_path": "share/a", "path_type": "hardlink", "sha256": "0" * 64, "size_in_bytes": 1}
     out["lying paths.json"] = (
         _raw_tar_bz2(tmp / "lie-1.0-0.tar.bz2", [*_info("lie", [lying]), _file("share/a", b"x")]),

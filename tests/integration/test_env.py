@@ -18,7 +18,7 @@ import pytest
 from slimwheel.cli import main
 from slimwheel.elf import open_elf
 from slimwheel.fatbin import scan
-from tests.helpers import local_wheel
+from tests.helpers import local_wheel, venv_purelib
 
 pytestmark = pytest.mark.slow
 LIB = "nvidia/cu13/lib/libcurand.so.10"
@@ -47,14 +47,7 @@ def _venv(tmp_path: Path) -> tuple[Path, Path]:
         ],
         check=True,
     )
-    site = Path(
-        subprocess.run(
-            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    site = venv_purelib(py)
     return py, site
 
 

@@ -205,6 +205,16 @@ def test_bad_profiles(
     assert not (tmp_path / "x.so").exists()
 
 
+def _compile_with_shim(source: Path, exe: Path) -> None:
+    """Compile a C program that #includes the shim, against this machine's CUPTI."""
+    from slimwheel.profile import find_cupti
+
+    includes, libdir = find_cupti()
+    cmd = ["cc", "-o", str(exe), str(source), *[f"-I{i}" for i in includes], f"-L{libdir}"]
+    cmd += ["-l:libcupti.so.13", "-ldl", "-lpthread", f"-Wl,-rpath,{libdir}"]
+    subprocess.run(cmd, check=True)
+
+
 def test_recorder_builds_and_hashes_like_hashlib(tmp_path: Path) -> None:
     """The shim compiles against this machine's CUPTI; its SHA-256 is right."""
     recorder = build_recorder(Store(tmp_path / "store"))
@@ -222,25 +232,8 @@ def test_recorder_builds_and_hashes_like_hashlib(tmp_path: Path) -> None:
         "  for (int i = 0; i < 9; i++) { sha256_hex(buf, lens[i], hex); puts(hex); }\n"
         "  return 0;\n}\n"
     )
-    from slimwheel.profile import find_cupti
-
-    includes, libdir = find_cupti()
     exe = tmp_path / "check"
-    subprocess.run(
-        [
-            "cc",
-            "-o",
-            str(exe),
-            str(driver),
-            *[f"-I{i}" for i in includes],
-            f"-L{libdir}",
-            "-l:libcupti.so.13",
-            "-ldl",
-            "-lpthread",
-            f"-Wl,-rpath,{libdir}",
-        ],
-        check=True,
-    )
+    _compile_with_shim(driver, exe)
     got = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
     data = bytes((i * 7) & 0xFF for i in range(1000))
     assert got == [
@@ -253,7 +246,7 @@ def test_recorder_names_loaded_runtimes_once(tmp_path: Path) -> None:
     records its version once, however often it looks."""
     from slimwheel.profile import find_cupti
 
-    includes, libdir = find_cupti()
+    _includes, libdir = find_cupti()
     cudart = sorted(Path(libdir).parent.glob("lib64/libcudart.so.*")) or sorted(
         Path("/usr/local/cuda/lib64").glob("libcudart.so.*")
     )
@@ -269,21 +262,7 @@ def test_recorder_names_loaded_runtimes_once(tmp_path: Path) -> None:
         "  return 0;\n}\n"
     )
     exe = tmp_path / "runtimes"
-    subprocess.run(
-        [
-            "cc",
-            "-o",
-            str(exe),
-            str(check),
-            *[f"-I{i}" for i in includes],
-            f"-L{libdir}",
-            "-l:libcupti.so.13",
-            "-ldl",
-            "-lpthread",
-            f"-Wl,-rpath,{libdir}",
-        ],
-        check=True,
-    )
+    _compile_with_shim(check, exe)
     got = subprocess.run([str(exe), str(cudart[0])], capture_output=True, text=True, check=True)
     rows = [json.loads(line) for line in got.stdout.splitlines()]
     assert len(rows) == 1 and rows[0]["t"] == "runtime"
