@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import zstandard
 
@@ -337,6 +337,26 @@ def read_info(path: str | os.PathLike[str], names: tuple[str, ...]) -> dict[str,
     except (*_ARCHIVE_ERRORS, OSError) as exc:
         raise CondaPackageError(f"unreadable archive ({exc})", path=where) from None
     return found
+
+
+def iter_files(path: str | os.PathLike[str]) -> Iterator[tuple[str, int, IO[bytes]]]:
+    """(path, size, reader) of each regular file of a package, streamed in
+    archive order; a reader is valid until the next item."""
+    src = Path(path)
+    where = str(src)
+    fmt = package_format(src)
+    if fmt is None:
+        raise CondaPackageError("not a .conda or .tar.bz2 file", path=where)
+    try:
+        for _component, tf in _tar_streams(src, fmt):
+            for ti in tf:
+                name = _check_name(ti.name, where)
+                if ti.isreg():
+                    f = tf.extractfile(ti)
+                    assert f is not None
+                    yield name, ti.size, f
+    except (*_ARCHIVE_ERRORS, OSError) as exc:
+        raise CondaPackageError(f"unreadable archive ({exc})", path=where) from None
 
 
 # -- writing ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Where libraries come from: a file, a wheel, a directory, an installed distribution.
+"""Where libraries come from: a file, a wheel, a conda package, a directory, an installed
+distribution.
 
 :func:`find_libraries` turns what a user typed into a list of
 :class:`LibrarySource`; each gives a path on disk only while it is open (wheel
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .condapkg import iter_files, package_format
 from .elf import ELF_MAGIC, is_elf
 from .errors import InputError
 
@@ -31,12 +33,13 @@ class LibrarySource:
     origin: str  # the input it came from: a wheel, a directory, a distribution, a file
     size: int
     _path: str | None = None
-    _wheel: str | None = None
+    _wheel: str | None = None  # a wheel, or a conda package (with _conda)
     _member: str | None = None
+    _conda: bool = False
 
     @property
     def where(self) -> str:
-        """How errors name this library: its path, or ``wheel:member``."""
+        """How errors name this library: its path, or ``archive:member``."""
         if self._wheel is not None:
             return f"{self._wheel}:{self._member}"
         assert self._path is not None
@@ -48,7 +51,33 @@ class LibrarySource:
             assert self._path is not None
             return nullcontext(self._path)
         assert self._member is not None
+        if self._conda:
+            return _extract_conda_member(self._wheel, self._member)
         return _extract_member(self._wheel, self._member)
+
+
+@contextmanager
+def _extract_conda_member(package: str, member: str) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="slimwheel-") as tmp:
+        dest = os.path.join(tmp, "lib.so")
+        for name, _size, f in iter_files(package):
+            if name == member:
+                with open(dest, "wb") as out:
+                    shutil.copyfileobj(f, out, 1 << 20)
+                break
+        else:
+            raise InputError(f"member {member}: gone from the package", path=package)
+        yield dest
+
+
+def _conda_libraries(package: str) -> list[LibrarySource]:
+    out = []
+    for name, size, f in iter_files(package):
+        if size >= 64 and not name.endswith(_TEXT_SUFFIXES) and f.read(4) == ELF_MAGIC:
+            out.append(
+                LibrarySource(name, package, size, _wheel=package, _member=name, _conda=True)
+            )
+    return out
 
 
 @contextmanager
@@ -99,12 +128,19 @@ def _directory_libraries(root: str) -> list[LibrarySource]:
         for fn in sorted(filenames):
             full = os.path.join(dirpath, fn)
             rel = os.path.relpath(full, root)
-            if fn.endswith(".whl") and os.path.isfile(full) and not os.path.islink(full):
+            archive = os.path.isfile(full) and not os.path.islink(full)
+            if archive and (fn.endswith(".whl") or package_format(fn)):
+                found = _wheel_libraries(full) if fn.endswith(".whl") else _conda_libraries(full)
                 out.extend(
                     LibrarySource(
-                        f"{rel}!{s.name}", s.origin, s.size, _wheel=s._wheel, _member=s._member
+                        f"{rel}!{s.name}",
+                        s.origin,
+                        s.size,
+                        _wheel=s._wheel,
+                        _member=s._member,
+                        _conda=s._conda,
                     )
-                    for s in _wheel_libraries(full)
+                    for s in found
                 )
             elif _is_library_file(full):
                 out.append(LibrarySource(rel, root, os.path.getsize(full), _path=full))
@@ -135,6 +171,8 @@ def find_libraries(target: str) -> list[LibrarySource]:
     if os.path.exists(target):
         if not os.path.isfile(target):
             raise InputError("not a regular file", path=target)
+        if package_format(target):
+            return _conda_libraries(target)
         if zipfile.is_zipfile(target):
             return _wheel_libraries(target)
         if not is_elf(target):

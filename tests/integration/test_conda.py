@@ -132,6 +132,24 @@ def test_build_package(fixture_libs: dict[str, Path], tmp_path: Path, fmt: str) 
     assert [p.name for p in (tmp_path / "same").iterdir()] == [src.name]
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_inspect_package(fixture_libs: dict[str, Path], tmp_path: Path, fmt: str) -> None:
+    src = _fixture_package(tmp_path, fixture_libs["big"], fmt)
+    r = _cli("inspect", str(src), "--arch", "sm_90", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    (lib,) = doc["libraries"]
+    assert (
+        lib["name"] == "lib/libfixture.so"
+        and lib["file_bytes"] == fixture_libs["big"].stat().st_size
+    )
+    assert doc["totals"]["removable_bytes"] > 1_000_000
+    bad = tmp_path / f"cut-1.0-0{fmt}"
+    bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    r = _cli("inspect", str(bad))
+    assert r.returncode == 1 and bad.name in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_package_without_device_code_passes_through(tmp_path: Path) -> None:
     src = make_package(tmp_path, "plain", {"share/plain/data.txt": b"x" * 1000})
     r = _cli("build", str(src), "--arch", "sm_90", "-o", str(tmp_path / "out"), "-q")
