@@ -92,7 +92,9 @@ def build_package(
         dest = os.path.join(staging, f"{pkg.name}-{pkg.version}-{new_build}{pkg.format}")
         pack(root, members, dest, pkg.format)
         installed_after = sum(
-            (root / m.path).stat().st_size for m in members if m.kind in ("file", "hardlink")
+            (root / (m.target if m.kind == "hardlink" else m.path)).stat().st_size
+            for m in members
+            if m.kind in ("file", "hardlink")
         )
         return WheelResult(
             path,

@@ -21,10 +21,13 @@ def make_package(
     version: str = "1.0",
     build: str = "0",
     links: dict[str, str] | None = None,
+    hardlinks: dict[str, str] | None = None,
     subdir: str = "linux-64",
 ) -> Path:
-    """A package of ``files`` (relative path -> source file or content) and
-    ``links`` (relative path -> symlink target), with index.json and paths.json."""
+    """A package of ``files`` (relative path -> source file or content),
+    ``links`` (relative path -> symlink target) and ``hardlinks`` (relative
+    path -> another of ``files``; the tar stores a hard link), with index.json
+    and paths.json."""
     src = where / f"src-{name}-{version}-{build}{fmt}"
     if src.exists():
         shutil.rmtree(src)
@@ -47,6 +50,10 @@ def make_package(
                 "size_in_bytes": len(data),
             }
         )
+    for rel, target in sorted((hardlinks or {}).items()):
+        os.link(src / target, src / rel)
+        first = next(e for e in entries if e["_path"] == target)
+        entries.append({**first, "_path": rel})
     for rel, target in sorted((links or {}).items()):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target, src / rel)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from conda_package_streaming.package_streaming import stream_conda_component
 
 from slimwheel.elf import ElfFile, open_elf
 from slimwheel.fatbin import scan
@@ -53,6 +54,7 @@ def _fixture_package(tmp: Path, lib: Path, fmt: str) -> Path:
         "fixture-cuda",
         {"lib/libfixture.so": lib, "share/fixture-cuda/README": b"not a library\n"},
         links={"lib/libfixture.so.1": "libfixture.so"},
+        hardlinks={"lib/libfixture-hl.so": "lib/libfixture.so"},
         fmt=fmt,
         build="cuda130_0",
     )
@@ -106,11 +108,16 @@ def test_build_package(fixture_libs: dict[str, Path], tmp_path: Path, fmt: str) 
     assert (x / "lib/libfixture.so").stat().st_size < lib.stat().st_size // 2
     assert (x / "share/fixture-cuda/README").read_bytes() == b"not a library\n"
     assert os.readlink(x / "lib/libfixture.so.1") == "libfixture.so"
+    assert (x / "lib/libfixture-hl.so").read_bytes() == (x / "lib/libfixture.so").read_bytes()
+    kinds = {m.name: m.type for _tar, m in stream_conda_component(str(slim), component="pkg")}
+    pair = sorted([kinds["lib/libfixture-hl.so"], kinds["lib/libfixture.so"]])
+    assert pair == [tarfile.REGTYPE, tarfile.LNKTYPE], "still one file and a hard link to it"
     prov = json.loads((x / "info/slimwheel.json").read_text())
     jsonschema.validate(prov, PROVENANCE_SCHEMA)
     assert prov["source"] == {"package": src.name, "sha256": hashlib.sha256(src_bytes).hexdigest()}
     assert prov["targets"] == ["sm_90"]
-    assert prov["libraries"][0]["path"] == "lib/libfixture.so"
+    (entry,) = prov["libraries"]  # the hard-linked pair is one library, slimmed once
+    assert entry["path"] in ("lib/libfixture.so", "lib/libfixture-hl.so")
     # py-rattler reads the archive as well
     assert str(rattler.IndexJson.from_package_archive(slim).build) == "cuda130_0_sm90"
     entries = {str(e.relative_path): e for e in rattler.PathsJson.from_package_archive(slim).paths}
@@ -139,10 +146,8 @@ def test_inspect_package(fixture_libs: dict[str, Path], tmp_path: Path, fmt: str
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     (lib,) = doc["libraries"]
-    assert (
-        lib["name"] == "lib/libfixture.so"
-        and lib["file_bytes"] == fixture_libs["big"].stat().st_size
-    )
+    assert lib["name"] in ("lib/libfixture.so", "lib/libfixture-hl.so")  # a hard-linked pair
+    assert lib["file_bytes"] == fixture_libs["big"].stat().st_size
     assert doc["totals"]["removable_bytes"] > 1_000_000
     bad = tmp_path / f"cut-1.0-0{fmt}"
     bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
