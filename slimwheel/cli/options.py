@@ -32,8 +32,8 @@ def add_target_options(parser: argparse.ArgumentParser, *, required: bool) -> No
     parser.add_argument(
         "--drop-lto",
         action="store_true",
-        help="also remove LTO-IR (never loaded by the driver; cuFFT links it at run time for "
-        "LTO callbacks, which then fail)",
+        help="also remove LTO-IR: the driver never loads it, but cuFFT LTO callbacks and "
+        "cuSPARSE's JIT-LTO routines (cusparseSpMMOp) link it at run time and then fail",
     )
 
 
