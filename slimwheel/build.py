@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +33,7 @@ from .errors import InputError, SlimwheelError
 from .fatbin import scan
 from .profile import Profile
 from .slim import slim_library
+from .sources import extract_member
 from .store import Store, entry_key, file_sha256
 from .wheel import (
     NewMember,
@@ -97,7 +97,9 @@ class LibraryOutcome:
 
 
 @dataclass(slots=True)
-class WheelResult:
+class BuildResult:
+    """One built archive: a wheel, or a conda package (``wheel_bytes``: the archive's size)."""
+
     source: str
     output: str
     passthrough: bool
@@ -113,22 +115,23 @@ class WheelResult:
 
 def _slim_member(wheel: str, member: str, store_root: str, opts: BuildOptions) -> LibraryOutcome:
     store = Store(store_root)
-    with tempfile.TemporaryDirectory(prefix="lib-", dir=store.root / "tmp") as tmp:
-        src = os.path.join(tmp, "orig")
-        try:
-            with zipfile.ZipFile(wheel) as zf, zf.open(member) as f, open(src, "wb") as out:
-                shutil.copyfileobj(f, out, 1 << 20)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InputError(f"member {member}: unreadable ({exc})", path=wheel) from None
+    with extract_member(wheel, member, str(store.root / "tmp")) as src:
         return slim_file(src, member, f"{wheel}:{member}", store, opts)
 
 
 def slim_file(
-    src: str, member: str, where: str, store: Store, opts: BuildOptions
+    src: str,
+    member: str,
+    where: str,
+    store: Store,
+    opts: BuildOptions,
+    *,
+    sha256: str | None = None,
 ) -> LibraryOutcome:
     """Slim the ELF file ``src`` (``member`` of a package, ``where`` in messages)
-    through the store; a file without device code is left as it is."""
-    sha = file_sha256(src)
+    through the store; a file without device code is left as it is. ``sha256``:
+    the file's, when the caller already has it."""
+    sha = sha256 or file_sha256(src)
     size = os.path.getsize(src)
     try:
         with map_file(src) as buf:
@@ -255,7 +258,7 @@ def _rewrite_metadata(text: str, version: str) -> bytes:
 
 def assemble(
     info: WheelInfo, opts: BuildOptions, libs: list[LibraryOutcome], outdir: str
-) -> WheelResult:
+) -> BuildResult:
     version = labelled_version(info.version, opts.label)
     new_di = f"{escape_name(info.name)}-{version}.dist-info"
     out_name = f"{escape_name(info.name)}-{version}-{info.tags}.whl"
@@ -310,7 +313,7 @@ def assemble(
         installed += len(body)
         w.close()
     before = sum(m.file_size for m in info.members)
-    return WheelResult(
+    return BuildResult(
         source=info.path,
         output=dest,
         passthrough=False,
@@ -322,13 +325,13 @@ def assemble(
     )
 
 
-def _passthrough(info: WheelInfo, libs: list[LibraryOutcome], outdir: str) -> WheelResult:
+def _passthrough(info: WheelInfo, libs: list[LibraryOutcome], outdir: str) -> BuildResult:
     dest = os.path.join(outdir, info.filename)
     with atomic_output(dest, mode=0o644) as out, open(info.path, "rb") as src:
         shutil.copyfileobj(src, out, 1 << 20)
     size = os.path.getsize(info.path)
     installed = sum(m.file_size for m in info.members)
-    return WheelResult(info.path, dest, True, size, size, installed, installed, libs)
+    return BuildResult(info.path, dest, True, size, size, installed, installed, libs)
 
 
 # -- the whole build --------------------------------------------------------
@@ -349,7 +352,7 @@ def build_wheels(
     store: Store,
     *,
     progress: Progress | None = None,
-) -> list[WheelResult]:
+) -> list[BuildResult]:
     """Build every wheel. Everything is validated before anything is written.
 
     Three phases, each spread over ``opts.jobs`` processes: validate the input

@@ -12,6 +12,7 @@ outputs appear in ``-o`` only once all of them are built.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -23,8 +24,8 @@ from pathlib import Path
 from .build import (
     PROVENANCE,
     BuildOptions,
+    BuildResult,
     LibraryOutcome,
-    WheelResult,
     provenance,
     slim_file,
     source_date_epoch,
@@ -61,10 +62,9 @@ def _replace_file(path: Path, src: str) -> None:
 
 def build_package(
     path: str, staging: str, opts: BuildOptions, store_root: str, suffix: str
-) -> WheelResult:
+) -> BuildResult:
     """Slim one package into ``staging``; the result names the staged file."""
     store = Store(store_root)
-    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="conda-", dir=store.root / "tmp") as tmp:
         root = Path(tmp) / "pkg"
         root.mkdir()
@@ -74,7 +74,10 @@ def build_package(
             if m.kind != "file" or m.path.startswith("info/") or m.size < 64:
                 continue
             if _is_elf(root / m.path):
-                libs.append(slim_file(str(root / m.path), m.path, f"{path}:{m.path}", store, opts))
+                where = f"{path}:{m.path}"
+                libs.append(
+                    slim_file(str(root / m.path), m.path, where, store, opts, sha256=m.sha256)
+                )
         installed_before = sum(m.size for m in pkg.members if m.kind in ("file", "hardlink"))
         size = os.path.getsize(path)
         slim = {lib.member: lib for lib in libs if lib.has_code}
@@ -82,7 +85,7 @@ def build_package(
             dest = os.path.join(staging, pkg.filename)
             with atomic_output(dest, mode=0o644) as out, open(path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
-            return WheelResult(
+            return BuildResult(
                 path, dest, True, size, size, installed_before, installed_before, libs
             )
         for member, lib in slim.items():
@@ -96,7 +99,7 @@ def build_package(
             for m in members
             if m.kind in ("file", "hardlink")
         )
-        return WheelResult(
+        return BuildResult(
             path,
             dest,
             False,
@@ -117,7 +120,7 @@ def _rewrite_info(
         for m in pkg.members
         if (m.target if m.kind == "hardlink" else m.path) in slim and m.kind in ("file", "hardlink")
     }
-    paths = json.loads(json.dumps(pkg.paths))
+    paths = copy.deepcopy(pkg.paths)
     for entry in paths["paths"]:
         lib = changed.get(entry["_path"])
         if lib is not None:
@@ -149,7 +152,7 @@ def _rewrite_info(
 
 def build_packages(
     packages: Sequence[str], outdir: str, opts: BuildOptions, store: Store, *, suffix: str
-) -> list[WheelResult]:
+) -> list[BuildResult]:
     """Build every package; outputs appear in ``outdir`` only when all are built."""
     os.makedirs(outdir, exist_ok=True)
     names: dict[str, str] = {}
@@ -171,7 +174,7 @@ def build_packages(
         problems = [str(g) for g in got if isinstance(g, SlimwheelError)]
         if problems:
             raise InputError(" | ".join(problems))
-        results: list[WheelResult] = []
+        results: list[BuildResult] = []
         for r in got:
             final = os.path.join(outdir, os.path.basename(r.output))
             os.replace(r.output, final)

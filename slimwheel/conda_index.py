@@ -24,8 +24,7 @@ from typing import Any
 
 from .build import PROVENANCE
 from .condapkg import CondaPackageError, package_format, read_info, stem_of
-from .errors import SlimwheelError
-from .index import PublishError, write_site
+from .index import Contents, FileContent, PublishError, collect, write_site
 
 NOARCH = "noarch"
 
@@ -37,6 +36,10 @@ class IndexedPackage:
     subdir: str
     record: dict[str, Any]  # the repodata record
     targets: str | None  # "sm_90", "sm_80-sm_90"; None: no slimwheel provenance
+
+    @property
+    def sha256(self) -> str:
+        return str(self.record["sha256"])
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -89,27 +92,7 @@ def read_package(path: Path) -> IndexedPackage:
 
 def collect_packages(sources: Iterable[Path]) -> list[IndexedPackage]:
     """Every conda package of the sources, read; one file per name."""
-    by_name: dict[str, IndexedPackage] = {}
-    problems = []
-    for src in sources:
-        files = (
-            sorted(p for p in src.iterdir() if package_format(p.name) and p.is_file())
-            if src.is_dir()
-            else [src]
-        )
-        for f in files:
-            try:
-                pkg = read_package(f)
-            except SlimwheelError as exc:
-                problems.append(str(exc))
-                continue
-            seen = by_name.get(pkg.filename)
-            if seen is not None and seen.record["sha256"] != pkg.record["sha256"]:
-                problems.append(f"two different files named {pkg.filename}: {seen.path} and {f}")
-            by_name.setdefault(pkg.filename, pkg)
-    if problems:
-        raise PublishError(" | ".join(problems))
-    return sorted(by_name.values(), key=lambda p: p.filename)
+    return collect(sources, lambda name: package_format(name) is not None, read_package)
 
 
 def repodata(subdir: str, packages: Sequence[IndexedPackage]) -> bytes:
@@ -123,7 +106,7 @@ def repodata(subdir: str, packages: Sequence[IndexedPackage]) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
-def channel_contents(packages: list[IndexedPackage]) -> dict[str, bytes | Path]:
+def channel_contents(packages: list[IndexedPackage]) -> Contents:
     """Every file of the channels: relative path -> bytes, or the package to link."""
     plain = [p for p in packages if p.targets is None]
     channels: dict[str, list[IndexedPackage]] = {"": plain}
@@ -131,7 +114,7 @@ def channel_contents(packages: list[IndexedPackage]) -> dict[str, bytes | Path]:
         slim = [p for p in packages if p.targets == t]
         replaced = {p.key for p in slim}
         channels[f"{t}/"] = slim + [p for p in plain if p.key not in replaced]
-    out: dict[str, bytes | Path] = {}
+    out: Contents = {}
     for base, members in channels.items():
         by_subdir: dict[str, list[IndexedPackage]] = defaultdict(list)
         for p in members:
@@ -140,7 +123,7 @@ def channel_contents(packages: list[IndexedPackage]) -> dict[str, bytes | Path]:
         for subdir, pkgs in sorted(by_subdir.items()):
             out[f"{base}{subdir}/repodata.json"] = repodata(subdir, pkgs)
             for p in pkgs:
-                out[f"{base}{subdir}/{p.filename}"] = p.path
+                out[f"{base}{subdir}/{p.filename}"] = FileContent(p.path, p.sha256)
     return out
 
 

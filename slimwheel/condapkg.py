@@ -20,6 +20,7 @@ same input gives the same bytes.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import hashlib
 import json
 import os
@@ -88,19 +89,12 @@ class Package:
         return str(self.index["build"])
 
     @property
-    def subdir(self) -> str:
-        return str(self.index.get("subdir") or "noarch")
-
-    @property
     def stem(self) -> str:
         return f"{self.name}-{self.version}-{self.build}"
 
     @property
     def filename(self) -> str:
         return self.path.name
-
-    def member(self, path: str) -> Member | None:
-        return next((m for m in self.members if m.path == path), None)
 
 
 def package_format(path: str | os.PathLike[str]) -> str | None:
@@ -146,6 +140,36 @@ def _tar_streams(path: Path, fmt: str) -> Iterator[tuple[str, tarfile.TarFile]]:
                     yield component, tf
 
 
+@contextlib.contextmanager
+def _reading(where: str) -> Iterator[None]:
+    """A malformed archive, met while reading it, as one CondaPackageError."""
+    try:
+        yield
+    except (*_ARCHIVE_ERRORS, OSError) as exc:
+        raise CondaPackageError(f"unreadable archive ({exc})", path=where) from None
+
+
+def _walk(
+    src: Path, *, info_only: bool = False
+) -> Iterator[tuple[str, str, tarfile.TarInfo, tarfile.TarFile]]:
+    """(part, safe member path, tar header, its tar) of every member, streamed.
+
+    ``part`` is "pkg" or "info" for .conda, "all" for .tar.bz2; with
+    ``info_only`` the pkg part of a .conda is not read at all. Reading member
+    contents is the caller's: wrap it in ``_reading``.
+    """
+    where = str(src)
+    fmt = package_format(src)
+    if fmt is None:
+        raise CondaPackageError("not a .conda or .tar.bz2 file", path=where)
+    with _reading(where):
+        for part, tf in _tar_streams(src, fmt):
+            if info_only and part == "pkg":
+                continue
+            for ti in tf:
+                yield part, _check_name(ti.name, where), ti, tf
+
+
 def _check_name(name: str, where: str) -> str:
     if not name or name.startswith("/") or "\\" in name or "\0" in name:
         raise CondaPackageError(f"member {name!r}: unsafe path", path=where)
@@ -167,37 +191,34 @@ def unpack(path: str | os.PathLike[str], dest: Path) -> Package:
     """Validate the package at ``path`` while streaming it into ``dest`` (an empty directory)."""
     src = Path(path)
     where = str(src)
-    fmt = package_format(src)
-    if fmt is None:
-        raise CondaPackageError("not a .conda or .tar.bz2 file", path=where)
     members: dict[str, Member] = {}
     try:
-        for component, tf in _tar_streams(src, fmt):
-            for ti in tf:
-                name = _check_name(ti.name, where)
-                is_info = name == "info" or name.startswith("info/")
-                if (component == "pkg" and is_info) or (component == "info" and not is_info):
+        for component, name, ti, tf in _walk(src):
+            is_info = name == "info" or name.startswith("info/")
+            if (component == "pkg" and is_info) or (component == "info" and not is_info):
+                raise CondaPackageError(
+                    f"member {name}: in the {component} part of the package", path=where
+                )
+            if name in members:
+                raise CondaPackageError(f"member {name}: appears twice", path=where)
+            parent = posixpath.dirname(name)
+            while parent:
+                up = members.get(parent)
+                if up is not None and up.kind != "dir":
                     raise CondaPackageError(
-                        f"member {name}: in the {component} part of the package", path=where
+                        f"member {name}: lies under {parent}, which is not a directory",
+                        path=where,
                     )
-                if name in members:
-                    raise CondaPackageError(f"member {name}: appears twice", path=where)
-                parent = posixpath.dirname(name)
-                while parent:
-                    up = members.get(parent)
-                    if up is not None and up.kind != "dir":
-                        raise CondaPackageError(
-                            f"member {name}: lies under {parent}, which is not a directory",
-                            path=where,
-                        )
-                    parent = posixpath.dirname(parent)
-                members[name] = _extract(tf, ti, name, dest, members, where)
-    except _ARCHIVE_ERRORS as exc:
+                parent = posixpath.dirname(parent)
+            members[name] = _extract(tf, ti, name, dest, members, where)
+    except _ARCHIVE_ERRORS as exc:  # reading a member's content
         raise CondaPackageError(f"unreadable archive ({exc})", path=where) from None
     except OSError as exc:  # writing the member out (a name clash, a full disk)
         raise CondaPackageError(
             f"cannot unpack {exc.filename}: {exc.strerror or exc}", path=where
         ) from None
+    fmt = package_format(src)
+    assert fmt is not None
     index = _json_member(dest, members, "info/index.json", where)
     paths = _json_member(dest, members, "info/paths.json", where)
     pkg = Package(src, fmt, tuple(members.values()), index, paths)
@@ -248,8 +269,7 @@ def _extract(
         raise CondaPackageError(
             f"member {name}: neither a file, a directory nor a link", path=where
         )
-    f = tf.extractfile(ti)
-    assert f is not None
+    f = _content(tf, ti)
     h = hashlib.sha256()
     size = 0
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -315,48 +335,43 @@ MAX_INFO_BYTES = 16 << 20
 def read_info(path: str | os.PathLike[str], names: tuple[str, ...]) -> dict[str, bytes]:
     """Some ``info/`` files of a package, without unpacking the rest."""
     src = Path(path)
-    where = str(src)
-    fmt = package_format(src)
-    if fmt is None:
-        raise CondaPackageError("not a .conda or .tar.bz2 file", path=where)
     found: dict[str, bytes] = {}
-    try:
-        for component, tf in _tar_streams(src, fmt):
-            if component == "pkg":
-                continue  # .conda: the info part is its own tar
-            for ti in tf:
-                name = _check_name(ti.name, where)
-                if name in names and ti.isreg():
-                    if ti.size > MAX_INFO_BYTES:
-                        raise CondaPackageError(f"member {name}: too large", path=where)
-                    f = tf.extractfile(ti)
-                    assert f is not None
-                    found[name] = f.read()
-                    if len(found) == len(names):
-                        return found
-    except (*_ARCHIVE_ERRORS, OSError) as exc:
-        raise CondaPackageError(f"unreadable archive ({exc})", path=where) from None
+    for _part, name, ti, tf in _walk(src, info_only=True):
+        if name in names and ti.isreg():
+            if ti.size > MAX_INFO_BYTES:
+                raise CondaPackageError(f"member {name}: too large", path=str(src))
+            with _reading(str(src)):
+                found[name] = _content(tf, ti).read()
+            if len(found) == len(names):
+                break
     return found
 
 
-def iter_files(path: str | os.PathLike[str]) -> Iterator[tuple[str, int, IO[bytes]]]:
+def _content(tf: tarfile.TarFile, ti: tarfile.TarInfo) -> IO[bytes]:
+    f = tf.extractfile(ti)
+    assert f is not None  # a regular file
+    return f
+
+
+class _Reader:
+    """A member's content; a malformed archive met while reading it is a CondaPackageError."""
+
+    def __init__(self, f: IO[bytes], where: str) -> None:
+        self.f = f
+        self.where = where
+
+    def read(self, n: int = -1) -> bytes:
+        with _reading(self.where):
+            return self.f.read(n)
+
+
+def iter_files(path: str | os.PathLike[str]) -> Iterator[tuple[str, int, _Reader]]:
     """(path, size, reader) of each regular file of a package, streamed in
     archive order; a reader is valid until the next item."""
     src = Path(path)
-    where = str(src)
-    fmt = package_format(src)
-    if fmt is None:
-        raise CondaPackageError("not a .conda or .tar.bz2 file", path=where)
-    try:
-        for _component, tf in _tar_streams(src, fmt):
-            for ti in tf:
-                name = _check_name(ti.name, where)
-                if ti.isreg():
-                    f = tf.extractfile(ti)
-                    assert f is not None
-                    yield name, ti.size, f
-    except (*_ARCHIVE_ERRORS, OSError) as exc:
-        raise CondaPackageError(f"unreadable archive ({exc})", path=where) from None
+    for _part, name, ti, tf in _walk(src):
+        if ti.isreg():
+            yield name, ti.size, _Reader(_content(tf, ti), str(src))
 
 
 # -- writing ------------------------------------------------------------------

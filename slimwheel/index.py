@@ -30,9 +30,10 @@ import shutil
 import tempfile
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -109,25 +110,64 @@ def read_wheel(path: Path) -> IndexedWheel:
     )
 
 
-def collect_wheels(sources: Iterable[Path]) -> list[IndexedWheel]:
-    """Every wheel of the sources, validated; one file per name."""
-    by_name: dict[str, IndexedWheel] = {}
+@dataclass(frozen=True, slots=True)
+class FileContent:
+    """A file a site holds a copy (hard link) of, with its known SHA-256."""
+
+    path: Path
+    sha256: str
+
+
+Contents = dict[str, "bytes | FileContent"]
+
+
+class Published(Protocol):
+    """What an index lists: a file, by name and hash."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+
+P = TypeVar("P", bound=Published)
+
+
+def collect(
+    sources: Iterable[Path], wanted: Callable[[str], bool], read: Callable[[Path], P]
+) -> list[P]:
+    """Every file of the sources (files, or directories of them) whose name is
+    ``wanted``, read; one file per name. All problems are reported in one error."""
+    by_name: dict[str, P] = {}
     problems = []
     for src in sources:
-        files = sorted(src.glob("*.whl")) if src.is_dir() else [src]
+        files = (
+            sorted(f for f in src.iterdir() if wanted(f.name) and f.is_file())
+            if src.is_dir()
+            else [src]
+        )
         for f in files:
             try:
-                w = read_wheel(f)
+                item = read(f)
             except SlimwheelError as exc:
                 problems.append(str(exc))
                 continue
-            seen = by_name.get(w.filename)
-            if seen is not None and seen.sha256 != w.sha256:
-                problems.append(f"two different files named {w.filename}: {seen.path} and {w.path}")
-            by_name.setdefault(w.filename, w)
+            seen = by_name.get(item.filename)
+            if seen is not None and seen.sha256 != item.sha256:
+                problems.append(f"two different files named {item.filename}: {seen.path} and {f}")
+            by_name.setdefault(item.filename, item)
     if problems:
         raise PublishError(" | ".join(problems))
-    return sorted(by_name.values(), key=lambda w: w.filename)
+    return sorted(by_name.values(), key=lambda item: item.filename)
+
+
+def collect_wheels(sources: Iterable[Path]) -> list[IndexedWheel]:
+    """Every wheel of the sources, validated; one file per name."""
+    return collect(sources, lambda name: name.endswith(".whl"), read_wheel)
 
 
 # -- pages --------------------------------------------------------------------
@@ -187,11 +227,11 @@ def root_pages(projects: Sequence[str]) -> dict[str, bytes]:
     return {"index.html": _html_page("Simple index", links), "index.v1.json": _json(doc)}
 
 
-def site_contents(wheels: list[IndexedWheel]) -> dict[str, bytes | Path]:
+def site_contents(wheels: list[IndexedWheel]) -> Contents:
     """Every file of the site: relative path -> bytes, or the wheel to copy."""
-    out: dict[str, bytes | Path] = {}
+    out: Contents = {}
     for w in wheels:
-        out[f"files/{w.filename}"] = w.path
+        out[f"files/{w.filename}"] = FileContent(w.path, w.sha256)
         out[f"files/{w.filename}.metadata"] = w.metadata
     plain = [w for w in wheels if w.targets is None]
     target_sets = sorted({w.targets for w in wheels if w.targets})
@@ -226,7 +266,7 @@ def _exchange(a: Path, b: Path) -> bool:
     return bool(fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0)
 
 
-def write_site(site: Path, contents: dict[str, bytes | Path]) -> dict[str, int]:
+def write_site(site: Path, contents: Contents) -> dict[str, int]:
     """Make ``site`` hold exactly ``contents``; returns counts of written / reused files."""
     site = site.resolve()
     site.parent.mkdir(parents=True, exist_ok=True)
@@ -237,13 +277,13 @@ def write_site(site: Path, contents: dict[str, bytes | Path]) -> dict[str, int]:
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             old = site / rel
-            if isinstance(content, Path):
+            if isinstance(content, FileContent):
                 same = (
                     old.is_file()
-                    and old.stat().st_size == content.stat().st_size
-                    and (file_sha256(old) == file_sha256(content))
+                    and old.stat().st_size == content.path.stat().st_size
+                    and file_sha256(old) == content.sha256
                 )
-                src = old if same else content
+                src = old if same else content.path
                 try:
                     os.link(src, dest)
                 except OSError:
@@ -368,10 +408,10 @@ def make_variant_wheel(w: IndexedWheel, dest_dir: Path) -> tuple[Path, str]:
     return out, label
 
 
-def variant_contents(wheels: list[IndexedWheel], work: Path) -> dict[str, bytes | Path]:
+def variant_contents(wheels: list[IndexedWheel], work: Path) -> Contents:
     """``variants/simple/``: every target build of a version as a variant of it,
     with ``<name>-<version>-variants.json`` beside the files."""
-    out: dict[str, bytes | Path] = {}
+    out: Contents = {}
     by_version: dict[tuple[str, str], list[tuple[IndexedWheel, Path, str]]] = defaultdict(list)
     for w in wheels:
         if w.targets is None:
@@ -398,7 +438,7 @@ def variant_contents(wheels: list[IndexedWheel], work: Path) -> dict[str, bytes 
             entries.append((vname, None, hashlib.sha256(vjson).hexdigest()))
             for fname, vpath, digest in sorted(entries, key=lambda e: e[0]):
                 if vpath is not None:
-                    out[f"variants/files/{fname}"] = vpath
+                    out[f"variants/files/{fname}"] = FileContent(vpath, digest)
                 links.append(
                     f'<a href="../../files/{html.escape(fname)}#sha256={digest}">'
                     f"{html.escape(fname)}</a><br>"

@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import tempfile
+import weakref
 import zipfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -33,62 +34,78 @@ class LibrarySource:
     origin: str  # the input it came from: a wheel, a directory, a distribution, a file
     size: int
     _path: str | None = None
-    _wheel: str | None = None  # a wheel, or a conda package (with _conda)
+    _wheel: str | None = None
     _member: str | None = None
-    _conda: bool = False
+    _unpacked: UnpackedLibraries | None = None  # for a conda package's member
 
     @property
     def where(self) -> str:
         """How errors name this library: its path, or ``archive:member``."""
-        if self._wheel is not None:
-            return f"{self._wheel}:{self._member}"
+        if self._member is not None:
+            archive = self._wheel if self._unpacked is None else self._unpacked.package
+            return f"{archive}:{self._member}"
         assert self._path is not None
         return self._path
 
     def open(self) -> AbstractContextManager[str]:
         """A filesystem path holding the library, valid inside the ``with``."""
+        if self._unpacked is not None:
+            assert self._member is not None
+            return nullcontext(self._unpacked.path(self._member))
         if self._wheel is None:
             assert self._path is not None
             return nullcontext(self._path)
         assert self._member is not None
-        if self._conda:
-            return _extract_conda_member(self._wheel, self._member)
-        return _extract_member(self._wheel, self._member)
+        return extract_member(self._wheel, self._member)
 
 
-@contextmanager
-def _extract_conda_member(package: str, member: str) -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="slimwheel-") as tmp:
-        dest = os.path.join(tmp, "lib.so")
-        for name, _size, f in iter_files(package):
-            if name == member:
-                with open(dest, "wb") as out:
-                    shutil.copyfileobj(f, out, 1 << 20)
-                break
-        else:
-            raise InputError(f"member {member}: gone from the package", path=package)
-        yield dest
+class UnpackedLibraries:
+    """The libraries of one conda package, unpacked together on first use.
+
+    A tar stream has no index (reaching one member means reading the archive
+    up to it), so all of a package's libraries come out in one pass, into a
+    temporary directory removed when this object goes, or at exit.
+    """
+
+    def __init__(self, package: str, members: list[str]) -> None:
+        self.package = package
+        self.index = {m: i for i, m in enumerate(members)}
+        self.dir: str | None = None
+
+    def path(self, member: str) -> str:
+        if self.dir is None:
+            tmp = tempfile.mkdtemp(prefix="slimwheel-")
+            weakref.finalize(self, shutil.rmtree, tmp, True)
+            for name, _size, f in iter_files(self.package):
+                if name in self.index:
+                    with open(os.path.join(tmp, str(self.index[name])), "wb") as out:
+                        shutil.copyfileobj(f, out, 1 << 20)
+            self.dir = tmp
+        return os.path.join(self.dir, str(self.index[member]))
 
 
 def _conda_libraries(package: str) -> list[LibrarySource]:
-    out = []
-    for name, size, f in iter_files(package):
-        if size >= 64 and not name.endswith(_TEXT_SUFFIXES) and f.read(4) == ELF_MAGIC:
-            out.append(
-                LibrarySource(name, package, size, _wheel=package, _member=name, _conda=True)
-            )
-    return out
+    found = [
+        (name, size)
+        for name, size, f in iter_files(package)
+        if size >= 64 and not name.endswith(_TEXT_SUFFIXES) and f.read(4) == ELF_MAGIC
+    ]
+    unpacked = UnpackedLibraries(package, [name for name, _ in found])
+    return [
+        LibrarySource(name, package, size, _member=name, _unpacked=unpacked) for name, size in found
+    ]
 
 
 @contextmanager
-def _extract_member(wheel: str, member: str) -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="slimwheel-") as tmp:
+def extract_member(wheel: str, member: str, tmpdir: str | None = None) -> Iterator[str]:
+    """A wheel member streamed to a temporary file (in ``tmpdir``), removed after the ``with``."""
+    with tempfile.TemporaryDirectory(prefix="slimwheel-", dir=tmpdir) as tmp:
         dest = os.path.join(tmp, "lib.so")
         try:
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InputError(f"cannot read member {member}: {exc}", path=wheel) from None
+            raise InputError(f"member {member}: unreadable ({exc})", path=wheel) from None
         yield dest
 
 
@@ -138,7 +155,7 @@ def _directory_libraries(root: str) -> list[LibrarySource]:
                         s.size,
                         _wheel=s._wheel,
                         _member=s._member,
-                        _conda=s._conda,
+                        _unpacked=s._unpacked,
                     )
                     for s in found
                 )

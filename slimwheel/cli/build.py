@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..build import BuildOptions, WheelResult, build_wheels, default_label, download
+from ..build import BuildOptions, BuildResult, build_wheels, default_label, download
 from ..conda_build import build_packages, build_suffix
 from ..condapkg import package_format
 from ..errors import UsageError
@@ -152,7 +152,7 @@ def execute(args: argparse.Namespace) -> int:
             (packages if package_format(item) else wheels).append(item)
         else:
             requirements.append(item)
-    results: list[WheelResult] = []
+    results: list[BuildResult] = []
     with tempfile.TemporaryDirectory(prefix="slimwheel-download-") as tmp:
         if requirements or args.requirement:
             wheels += download(requirements, tmp, deps=args.deps, pip_args=_pip_args(args))
@@ -185,7 +185,7 @@ def _conda_label(opts: BuildOptions, targets: Any, args: argparse.Namespace) -> 
     return label
 
 
-def results_document(results: list[WheelResult], opts: BuildOptions) -> dict[str, Any]:
+def results_document(results: list[BuildResult], opts: BuildOptions) -> dict[str, Any]:
     return {
         "schema": "slimwheel.build",
         "schema_version": 1,
@@ -208,7 +208,7 @@ def results_document(results: list[WheelResult], opts: BuildOptions) -> dict[str
     }
 
 
-def print_table(results: list[WheelResult]) -> None:
+def print_table(results: list[BuildResult]) -> None:
     from rich.table import Table
 
     console = make_console()

@@ -12,9 +12,7 @@ of the copy byte for byte. The installed site-packages is never written.
 
 from __future__ import annotations
 
-import base64
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from slimwheel.store import file_sha256
+from slimwheel.wheel import record_hash
 from tests.gpu.test_torch_stack_gpu import compare, installed_site, run_battery
 from tests.helpers import venv_purelib
 
@@ -36,8 +36,7 @@ def _digests(root: Path) -> dict[str, str]:
         if p.is_symlink():
             out[str(p.relative_to(root))] = "-> " + os.readlink(p)
         elif p.is_file():
-            with open(p, "rb") as f:
-                out[str(p.relative_to(root))] = hashlib.file_digest(f, "sha256").hexdigest()
+            out[str(p.relative_to(root))] = file_sha256(p)
     return out
 
 
@@ -47,10 +46,7 @@ def _records_true(site: Path) -> int:
         for path, h, size in csv.reader(record.read_text().splitlines()):
             if not h or not (site / path).is_file():
                 continue
-            with open(site / path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").digest()
-            b64 = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-            assert h == f"sha256={b64}", path
+            assert h == record_hash(bytes.fromhex(file_sha256(site / path)), digest=True), path
             assert int(size) == (site / path).stat().st_size, path
             checked += 1
     return checked

@@ -20,7 +20,8 @@ from slimwheel.arch import Target, can_run
 from slimwheel.cli import main
 from slimwheel.elf import open_elf
 from slimwheel.fatbin import scan
-from slimwheel.store import Store
+from slimwheel.store import Store, file_sha256
+from slimwheel.wheel import record_hash
 from tests.helpers import local_wheel, venv_purelib
 
 SM90 = Target(9, 0)
@@ -70,6 +71,13 @@ def make_wheel(
     return path
 
 
+def _build(wheel: Path, out: Path, store: Path, *extra: str, arch: str = "sm_90") -> int:
+    """``slimwheel build WHEEL --arch ARCH -o OUT --store STORE -q EXTRA...``, in process."""
+    return main(
+        ["build", str(wheel), "--arch", arch, "-o", str(out), "-q", "--store", str(store), *extra]
+    )
+
+
 def test_two_libraries_and_python_files(
     fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -86,24 +94,7 @@ def test_two_libraries_and_python_files(
     wheel = make_wheel(tmp_path, "demo", "1.0", files)
     out = tmp_path / "out"
     store = tmp_path / "store"
-    assert (
-        main(
-            [
-                "build",
-                str(wheel),
-                "--arch",
-                "sm_90",
-                "-o",
-                str(out),
-                "--store",
-                str(store),
-                "-q",
-                "--jobs",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert _build(wheel, out, store, "--jobs", "2") == 0
     (built,) = out.iterdir()
     assert built.name == "demo-1.0+sm90-py3-none-linux_x86_64.whl"
     with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(built) as b:
@@ -146,23 +137,7 @@ def test_version_labels(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
         (["--drop-lto"], "gpu_pkg-2.5.1+cu124.sm80.sm90.nolto-"),
     ):
         out = tmp_path / f"out{len(extra)}{expected[-6:]}"
-        assert (
-            main(
-                [
-                    "build",
-                    str(wheel),
-                    "--arch",
-                    "sm_80,sm_90",
-                    "-o",
-                    str(out),
-                    "-q",
-                    "--store",
-                    str(tmp_path / "s"),
-                    *extra,
-                ]
-            )
-            == 0
-        )
+        assert _build(wheel, out, tmp_path / "s", *extra, arch="sm_80,sm_90") == 0
         (built,) = out.iterdir()
         assert built.name.startswith(expected), built.name
         with zipfile.ZipFile(built) as zf:
@@ -261,21 +236,7 @@ def test_hostile_wheels(
         data[start + 16 : start + 24] = b"\xff" * 8
         wheel = make_wheel(tmp_path, "demo", "1.0", {**files, "demo/lib.so": bytes(data)})
     out = tmp_path / "out"
-    rc = main(
-        [
-            "build",
-            str(wheel),
-            "--arch",
-            "sm_90",
-            "-o",
-            str(out),
-            "-q",
-            "--store",
-            str(tmp_path / "store"),
-            "-j",
-            "1",
-        ]
-    )
+    rc = _build(wheel, out, tmp_path / "store", "-j", "1")
     err = capsys.readouterr().err
     assert rc == 1
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -291,22 +252,7 @@ def test_curand_wheel(tmp_path: Path) -> None:
     outs = []
     for i, store in enumerate(("s1", "s2", "s1")):
         out = tmp_path / f"out{i}"
-        assert (
-            main(
-                [
-                    "build",
-                    str(wheel),
-                    "--arch",
-                    "sm_90",
-                    "-o",
-                    str(out),
-                    "-q",
-                    "--store",
-                    str(tmp_path / store),
-                ]
-            )
-            == 0
-        )
+        assert _build(wheel, out, tmp_path / store) == 0
         outs.append(next(out.iterdir()))
     assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
     assert outs[0].name == "nvidia_curand-10.4.0.35+sm90-py3-none-manylinux_2_27_x86_64.whl"
@@ -323,7 +269,7 @@ def test_curand_wheel(tmp_path: Path) -> None:
     lib = None
     for path, h, _size in csv.reader(record.read_text().splitlines()):
         if h:
-            assert _hash((site / path).read_bytes()) == h, path
+            assert record_hash(bytes.fromhex(file_sha256(site / path)), digest=True) == h, path
         if path.endswith("libcurand.so.10"):
             lib = site / path
     assert lib is not None
@@ -357,22 +303,7 @@ def test_source_date_epoch(
     wheel = make_wheel(tmp_path, "demo", "1.0", {"demo/lib.so": fixture_libs["big"].read_bytes()})
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "build",
-                str(wheel),
-                "--arch",
-                "sm_90",
-                "-o",
-                str(out),
-                "-q",
-                "--store",
-                str(tmp_path / "s"),
-            ]
-        )
-        == 0
-    )
+    assert _build(wheel, out, tmp_path / "s") == 0
     with zipfile.ZipFile(next(out.iterdir())) as zf:
         assert {i.date_time for i in zf.infolist()} == {(2023, 11, 14, 22, 13, 20)}
 

@@ -26,6 +26,7 @@ from conda_package_streaming.package_streaming import stream_conda_component
 
 from slimwheel.elf import ElfFile, open_elf
 from slimwheel.fatbin import scan
+from slimwheel.store import file_sha256
 from tests.conda_packages import make_package
 from tests.helpers import REPO, extract_member, local_wheel
 
@@ -41,11 +42,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "slimwheel", *args], capture_output=True, text=True
     )
-
-
-def _sha(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fixture_package(tmp: Path, lib: Path, fmt: str) -> Path:
@@ -72,7 +68,7 @@ def _check_extracted(pkg: Path, dest: Path) -> dict[str, object]:
     for e in paths:
         f = dest / e["_path"]
         if e["path_type"] == "hardlink":
-            assert _sha(f) == e["sha256"] and f.stat().st_size == e["size_in_bytes"], e
+            assert file_sha256(f) == e["sha256"] and f.stat().st_size == e["size_in_bytes"], e
         elif e["path_type"] == "softlink":
             assert f.is_symlink()
     listed = {e["_path"] for e in paths}
@@ -121,7 +117,7 @@ def test_build_package(fixture_libs: dict[str, Path], tmp_path: Path, fmt: str) 
     # py-rattler reads the archive as well
     assert str(rattler.IndexJson.from_package_archive(slim).build) == "cuda130_0_sm90"
     entries = {str(e.relative_path): e for e in rattler.PathsJson.from_package_archive(slim).paths}
-    assert entries["lib/libfixture.so"].sha256.hex() == _sha(x / "lib/libfixture.so")
+    assert entries["lib/libfixture.so"].sha256.hex() == file_sha256(x / "lib/libfixture.so")
     # --no-build-suffix keeps the name
     r = _cli(
         "build",
@@ -283,14 +279,14 @@ def _records_true(prefix: Path) -> int:
                 continue
             assert e.size_in_bytes == f.stat().st_size, e.relative_path
             want = e.sha256_in_prefix or e.sha256
-            assert want is not None and want.hex() == _sha(f), e.relative_path
+            assert want is not None and want.hex() == file_sha256(f), e.relative_path
             checked += 1
     return checked
 
 
 def _snapshot(root: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(root)): ("-> " + os.readlink(p)) if p.is_symlink() else _sha(p)
+        str(p.relative_to(root)): ("-> " + os.readlink(p)) if p.is_symlink() else file_sha256(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() or p.is_symlink()
     }
@@ -328,7 +324,7 @@ def test_channel_install_and_slim_env(fixture_libs: dict[str, Path], tmp_path: P
     assert sorted(sm90["packages.conda"]) == ["fixture-cuda-1.0-cuda130_0_sm90.conda"]
     assert sorted(sm90["packages"]) == ["curand-10.4.0.35-h0_0_sm90.tar.bz2"]
     record = sm90["packages.conda"]["fixture-cuda-1.0-cuda130_0_sm90.conda"]
-    assert record["sha256"] == _sha(dist / "fixture-cuda-1.0-cuda130_0_sm90.conda")
+    assert record["sha256"] == file_sha256(dist / "fixture-cuda-1.0-cuda130_0_sm90.conda")
     noarch = json.loads((channel / "sm_90/noarch/repodata.json").read_text())
     assert sorted(noarch["packages.conda"]) == ["docs-1.0-0.conda"]
     plain = json.loads((channel / "linux-64/repodata.json").read_text())
@@ -344,7 +340,9 @@ def test_channel_install_and_slim_env(fixture_libs: dict[str, Path], tmp_path: P
     assert _arches(slim_prefix / "lib/libfixture.so") == {"sm_90"}
     built = rattler.PathsJson.from_package_archive(dist / names[0])
     want = next(e for e in built.paths if str(e.relative_path) == "lib/libfixture.so")
-    assert want.sha256.hex() == _sha(slim_prefix / "lib/libfixture.so"), "the slim build's file"
+    assert want.sha256.hex() == file_sha256(slim_prefix / "lib/libfixture.so"), (
+        "the slim build's file"
+    )
     assert _records_true(slim_prefix) >= 1
 
     # A prefix of the original builds, made by py-rattler (hard links into its

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import fcntl
 import hashlib
@@ -18,6 +17,8 @@ import pytest
 from slimwheel.cli import main
 from slimwheel.elf import open_elf
 from slimwheel.fatbin import scan
+from slimwheel.store import file_sha256
+from slimwheel.wheel import record_hash
 from tests.helpers import local_wheel, venv_purelib
 
 pytestmark = pytest.mark.slow
@@ -53,9 +54,7 @@ def _venv(tmp_path: Path) -> tuple[Path, Path]:
 
 def _snapshot(site: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(site)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(site.rglob("*"))
-        if p.is_file()
+        str(p.relative_to(site)): file_sha256(p) for p in sorted(site.rglob("*")) if p.is_file()
     }
 
 
@@ -64,9 +63,9 @@ def _record_true(site: Path) -> None:
         for path, h, size in csv.reader(record.read_text().splitlines()):
             if not h:
                 continue
-            data = (site / path).read_bytes()
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            assert h == f"sha256={digest}" and int(size) == len(data), path
+            f = site / path
+            assert h == record_hash(bytes.fromhex(file_sha256(f)), digest=True), path
+            assert int(size) == f.stat().st_size, path
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -109,10 +108,10 @@ def test_hard_linked_cache_stays_untouched(tmp_path: Path) -> None:
     shutil.copy(site / LIB, cache)
     os.unlink(site / LIB)
     os.link(cache, site / LIB)  # how uv and conda install from their caches
-    digest = hashlib.sha256(cache.read_bytes()).hexdigest()
+    digest = file_sha256(cache)
     r = _cli("slim-env", "--python", str(py), "--arch", "sm_90", "--store", str(tmp_path / "s"))
     assert r.returncode == 0, r.stderr
-    assert hashlib.sha256(cache.read_bytes()).hexdigest() == digest
+    assert file_sha256(cache) == digest
     assert (site / LIB).stat().st_ino != cache.stat().st_ino
 
 
@@ -139,11 +138,7 @@ def test_uv_venv_cache_untouched(tmp_path: Path) -> None:
         check=True,
         env=env,
     )
-    cached = {
-        p: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in uv_cache.rglob("*")
-        if p.is_file() and ".so" in p.name
-    }
+    cached = {p: file_sha256(p) for p in uv_cache.rglob("*") if p.is_file() and ".so" in p.name}
     assert cached, "uv keeps the library in its cache"
     site = next((venv / "lib").glob("python*/site-packages"))
     assert (site / LIB).stat().st_nlink > 1, "uv hard-linked the library"
@@ -157,7 +152,7 @@ def test_uv_venv_cache_untouched(tmp_path: Path) -> None:
         str(tmp_path / "s"),
     )
     assert r.returncode == 0, r.stderr
-    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in cached} == cached
+    assert {p: file_sha256(p) for p in cached} == cached
     _record_true(site)
 
 
@@ -252,7 +247,7 @@ def test_conda_prefix(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
     assert lib.stat().st_size < fixture_libs["big"].stat().st_size // 2
     meta = json.loads((prefix / "conda-meta" / "fixture-cuda-1.0-cuda130_0.json").read_text())
     entry = next(p for p in meta["paths_data"]["paths"] if p["_path"] == "lib/libfixture.so")
-    digest = hashlib.sha256(lib.read_bytes()).hexdigest()
+    digest = file_sha256(lib)
     assert entry["sha256"] == entry["sha256_in_prefix"] == digest
     assert entry["size_in_bytes"] == lib.stat().st_size
     assert "slimmed for sm_90" in _cli("status", *args).stdout
