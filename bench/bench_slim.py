@@ -25,6 +25,7 @@ from bench.common import timed
 from slimwheel.arch import parse_targets
 from slimwheel.elf import is_elf, open_elf
 from slimwheel.fatbin import scan
+from slimwheel.policy import LibraryPolicy
 from slimwheel.slim import SlimResult, slim_library
 from tests.helpers import stack_site
 
@@ -104,7 +105,7 @@ def main() -> None:
             with open_elf(path) as elf:
                 if not scan(elf).regions:
                     continue
-            r = slim_library(path, Path(tmp) / path.name, targets=targets)
+            r = slim_library(path, Path(tmp) / path.name, LibraryPolicy(targets=targets))
             rows.append((str(path.relative_to(site)), r))
             (Path(tmp) / path.name).unlink()
     total_t = time.monotonic() - t0

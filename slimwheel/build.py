@@ -11,11 +11,8 @@ through unchanged.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import posixpath
-import re
 import shutil
 import subprocess
 import sys
@@ -27,73 +24,34 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import __version__
-from .arch import Target
-from .elf import ELF_MAGIC, ElfFile, map_file
+from .cached import LibraryOutcome, on_disk, slim_through_store
+from .elf import ELF_MAGIC
 from .errors import InputError, SlimwheelError
-from .fatbin import scan
-from .profile import Profile
-from .slim import slim_library
+from .policy import SlimPolicy
 from .sources import extract_member
-from .store import Store, entry_key, file_sha256
+from .store import Store, StoreError, file_sha256
 from .wheel import (
-    NewMember,
-    RawMember,
+    Content,
+    Deflated,
     WheelInfo,
-    WheelWriter,
-    canonical_order,
-    escape_name,
-    file_chunks,
+    deflate_file,
     labelled_version,
-    member_mode,
     open_wheel,
-    write_record,
+    record_sha256,
+    rewrite_wheel,
 )
 from .write import atomic_output
 
 PROVENANCE = "slimwheel.json"
 PROVENANCE_SCHEMA = "slimwheel.provenance"
+DEFLATED = "lib.deflate"  # the store's derived form of a library for wheels
 
 
 @dataclass(frozen=True, slots=True)
 class BuildOptions:
-    targets: tuple[Target, ...]
-    keep_ptx: bool = False
+    policy: SlimPolicy
     label: str | None = None  # local version label; None keeps the version
     jobs: int = 1
-    profile: Profile | None = None
-    profile_by_name: bool = False
-    drop_lto: bool = False
-
-    @property
-    def profile_digest(self) -> str | None:
-        if self.profile is None:
-            return None
-        doc = json.dumps(self.profile.to_json()["libraries"], sort_keys=True)
-        return hashlib.sha256(doc.encode()).hexdigest()
-
-
-def default_label(targets: Sequence[Target], keep_ptx: bool, drop_lto: bool = False) -> str:
-    """``sm90``, ``sm80.sm90``, ``sm90.ptx``, ``sm90.nolto``."""
-    parts = [f"sm{t.major}{t.minor}" for t in sorted(targets)]
-    if keep_ptx:
-        parts.append("ptx")
-    if drop_lto:
-        parts.append("nolto")
-    return ".".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class LibraryOutcome:
-    member: str
-    sha256_before: str
-    bytes_before: int
-    has_code: bool
-    sha256_after: str = ""
-    bytes_after: int = 0
-    elements_before: int = 0
-    elements_after: int = 0
-    store_path: str = ""
-    built: bool = False
 
 
 @dataclass(slots=True)
@@ -110,82 +68,55 @@ class BuildResult:
     libraries: list[LibraryOutcome] = field(default_factory=list)
 
 
-# -- one library (runs in a worker process) ---------------------------------
+# -- input wheels and their libraries (run in worker processes) ----------------------
 
 
-def _slim_member(wheel: str, member: str, store_root: str, opts: BuildOptions) -> LibraryOutcome:
+def _open_wheel(path: str, store_root: str) -> WheelInfo:
+    """Validate a wheel; every member's hash is checked once per wheel content."""
     store = Store(store_root)
-    with extract_member(wheel, member, str(store.root / "tmp")) as src:
-        return slim_file(src, member, f"{wheel}:{member}", store, opts)
+    sha = file_sha256(path)
+    known = store.is_validated(sha)
+    info = open_wheel(path, check_hashes=not known)
+    info.sha256 = sha
+    if not known:
+        store.record_validated(sha)
+    return info
 
 
-def slim_file(
-    src: str,
-    member: str,
-    where: str,
-    store: Store,
-    opts: BuildOptions,
-    *,
-    sha256: str | None = None,
+@contextlib.contextmanager
+def _extracted(store: Store, wheel: str, member: str) -> Iterator[str]:
+    with store.tempdir("member-") as tmp, extract_member(wheel, member, str(tmp)) as path:
+        yield path
+
+
+def _slim_member(
+    wheel: str, member: str, sha256: str | None, size: int, store_root: str, policy: SlimPolicy
 ) -> LibraryOutcome:
-    """Slim the ELF file ``src`` (``member`` of a package, ``where`` in messages)
-    through the store; a file without device code is left as it is. ``sha256``:
-    the file's, when the caller already has it."""
-    sha = sha256 or file_sha256(src)
-    size = os.path.getsize(src)
-    try:
-        with map_file(src) as buf:
-            layout = scan(ElfFile(buf, where))
-    except SlimwheelError as exc:
-        if exc.path == src:
-            exc.path = where
-        raise exc.with_path(where) from None
-    if not layout.regions:
-        return LibraryOutcome(member, sha, size, has_code=False)
-    usage = None
-    if opts.profile is not None:
-        usage = opts.profile.for_library(
-            sha, posixpath.basename(member), by_name=opts.profile_by_name
+    store = Store(store_root)
+    where = f"{wheel}:{member}"
+    if sha256 is not None:  # from the validated RECORD: no need to read the member
+        return slim_through_store(
+            store,
+            policy,
+            member=member,
+            where=where,
+            sha256=sha256,
+            size=size,
+            source=lambda: _extracted(store, wheel, member),
         )
-    key = entry_key(
-        sha,
-        targets=[t.name for t in opts.targets],
-        keep_ptx=opts.keep_ptx,
-        profile_digest=usage.digest() if usage else None,
-        drop_lto=opts.drop_lto,
-    )
-
-    def build(dest: Path) -> dict[str, Any]:
-        r = slim_library(
-            src,
-            dest,
-            targets=opts.targets,
-            keep_ptx=opts.keep_ptx,
-            name=where,
-            usage=usage,
-            drop_lto=opts.drop_lto,
+    with _extracted(store, wheel, member) as path:
+        return slim_through_store(
+            store,
+            policy,
+            member=member,
+            where=where,
+            sha256=file_sha256(path),
+            size=size,
+            source=on_disk(path),
         )
-        return {
-            "elements_before": r.plan.kept_elements + r.plan.removed_elements,
-            "elements_after": r.plan.kept_elements,
-        }
-
-    entry, built = store.get_or_build(key, build)
-    return LibraryOutcome(
-        member,
-        sha,
-        size,
-        has_code=True,
-        sha256_after=entry.meta["sha256"],
-        bytes_after=entry.size,
-        elements_before=int(entry.meta["summary"]["elements_before"]),
-        elements_after=int(entry.meta["summary"]["elements_after"]),
-        store_path=str(entry.path),
-        built=built,
-    )
 
 
-def _elf_members(info: WheelInfo) -> list[str]:
+def _elf_members(info: WheelInfo) -> list[zipfile.ZipInfo]:
     out = []
     with zipfile.ZipFile(info.path) as zf:
         for m in info.members:
@@ -193,45 +124,21 @@ def _elf_members(info: WheelInfo) -> list[str]:
                 continue
             with zf.open(m) as f:
                 if f.read(4) == ELF_MAGIC:
-                    out.append(m.filename)
+                    out.append(m)
     return out
 
 
 # -- assembling a wheel -----------------------------------------------------
 
 
-def source_date_epoch() -> float | None:
-    """SOURCE_DATE_EPOCH, when set."""
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    if not env:
-        return None
-    try:
-        return float(env)
-    except ValueError:
-        raise InputError(f"SOURCE_DATE_EPOCH is not a number: {env!r}") from None
-
-
-def _timestamp(info: WheelInfo) -> float:
-    epoch = source_date_epoch()
-    if epoch is not None:
-        return epoch
-    import calendar
-
-    newest = max(m.date_time for m in info.members)
-    return float(calendar.timegm((*newest, 0, 0, 0)))
-
-
-def provenance(source: dict[str, str], opts: BuildOptions, libs: list[LibraryOutcome]) -> bytes:
+def provenance(source: dict[str, str], policy: SlimPolicy, libs: list[LibraryOutcome]) -> bytes:
     """The provenance file's bytes; ``source`` is {"wheel" or "package": name, "sha256": ...}."""
     doc = {
         "schema": PROVENANCE_SCHEMA,
         "schema_version": 1,
         "tool": {"name": "slimwheel", "version": __version__},
         "source": source,
-        "targets": [t.name for t in opts.targets],
-        "ptx_policy": "keep-newest" if opts.keep_ptx else "only-when-needed",
-        "lto_policy": "drop" if opts.drop_lto else "keep",
-        "profile_digest": opts.profile_digest,
+        **policy.provenance(),
         "libraries": [
             {
                 "path": lib.member,
@@ -249,77 +156,41 @@ def provenance(source: dict[str, str], opts: BuildOptions, libs: list[LibraryOut
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
-def _rewrite_metadata(text: str, version: str) -> bytes:
-    new, n = re.subn(r"^Version:.*$", f"Version: {version}", text, count=1, flags=re.M)
-    if n != 1:
-        raise InputError("METADATA has no Version line")
-    return new.encode()
+def deflated(store: Store, lib: LibraryOutcome) -> Deflated:
+    """The slim library's deflated stream, made once and kept in the store."""
+    entry = store.lookup(lib.store_key)
+    if entry is None:
+        raise StoreError(
+            f"{lib.member}: its store entry vanished during the build", path=str(store.root)
+        )
+    path, info = store.derived(entry, DEFLATED, deflate_file)
+    return Deflated(
+        str(path), int(info["crc"]), int(info["size"]), int(info["uncompressed_size"]), entry.sha256
+    )
 
 
 def assemble(
-    info: WheelInfo, opts: BuildOptions, libs: list[LibraryOutcome], outdir: str
+    info: WheelInfo, opts: BuildOptions, libs: list[LibraryOutcome], outdir: str, store_root: str
 ) -> BuildResult:
-    version = labelled_version(info.version, opts.label)
-    new_di = f"{escape_name(info.name)}-{version}.dist-info"
-    out_name = f"{escape_name(info.name)}-{version}-{info.tags}.whl"
-    slim = {lib.member: lib for lib in libs if lib.has_code}
-    by_name = {m.filename: m for m in info.members if not m.is_dir()}
-    plan: dict[str, RawMember | NewMember] = {}
-    sources: dict[str, str] = {}  # new name -> old name
-    old_di = info.dist_info
-    with zipfile.ZipFile(info.path) as zf:
-        metadata = zf.read(f"{old_di}/METADATA").decode("utf-8")
-    for old, m in by_name.items():
-        if old.startswith(f"{old_di}/"):
-            rest = old[len(old_di) + 1 :]
-            if rest in ("RECORD", "RECORD.jws", "RECORD.p7s", PROVENANCE):
-                continue
-            new = f"{new_di}/{rest}"
-        else:
-            new = old
-        sources[new] = old
-        if old in slim:
-            plan[new] = NewMember(path=slim[old].store_path)
-        elif old == f"{old_di}/METADATA":
-            plan[new] = NewMember(data=_rewrite_metadata(metadata, str(version)))
-        else:
-            plan[new] = RawMember(m)
-    source_sha = file_sha256(info.path)
-    plan[f"{new_di}/{PROVENANCE}"] = NewMember(
-        data=provenance({"wheel": info.filename, "sha256": source_sha}, opts, libs)
+    store = Store(store_root)
+    contents: dict[str, Content] = {
+        lib.member: deflated(store, lib) for lib in libs if lib.has_code
+    }
+    source = {"wheel": info.filename, "sha256": info.sha256 or file_sha256(info.path)}
+    dest, installed = rewrite_wheel(
+        info,
+        outdir,
+        version=labelled_version(info.version, opts.label),
+        contents=contents,
+        dist_info_files={PROVENANCE: provenance(source, opts.policy, libs)},
     )
-    order = canonical_order(plan, new_di)
-    dest = os.path.join(outdir, out_name)
-    record: list[tuple[str, str, int | None]] = []
-    installed = 0
-    with atomic_output(dest, mode=0o644) as out, open(info.path, "rb") as src:
-        w = WheelWriter(out, timestamp=_timestamp(info))
-        for name in order[:-1]:
-            item = plan[name]
-            if isinstance(item, RawMember):
-                w.add_raw(name, src, item.src, member_mode(item.src))
-                entry = info.record[sources[name]]
-                record.append((name, entry.hash, entry.size))
-                installed += item.src.file_size
-            else:
-                mode = member_mode(by_name[sources[name]]) if name in sources else 0o100644
-                chunks = file_chunks(item.path) if item.path else iter([item.data or b""])
-                h, size = w.add_stream(name, chunks, mode)
-                record.append((name, h, size))
-                installed += size
-        record.append((order[-1], "", None))
-        body = write_record(record)
-        w.add_stream(order[-1], iter([body]), 0o100644)
-        installed += len(body)
-        w.close()
-    before = sum(m.file_size for m in info.members)
     return BuildResult(
         source=info.path,
         output=dest,
         passthrough=False,
         wheel_bytes_before=os.path.getsize(info.path),
         wheel_bytes_after=os.path.getsize(dest),
-        installed_bytes_before=before,
+        installed_bytes_before=sum(m.file_size for m in info.members),
         installed_bytes_after=installed,
         libraries=libs,
     )
@@ -362,7 +233,8 @@ def build_wheels(
     with worker_pool(opts.jobs) as run:
         infos: list[WheelInfo] = []
         problems: list[str] = []
-        for got in run(open_wheel, [(w,) for w in wheels]):
+        root = str(store.root)
+        for got in run(_open_wheel, [(w, root) for w in wheels]):
             if isinstance(got, SlimwheelError):
                 problems.append(str(got))
             else:
@@ -374,19 +246,22 @@ def build_wheels(
         jobs = [(info, m) for info in infos for m in _elf_members(info)]
         if progress:
             for info in infos:
-                sizes = {m.filename: m.file_size for m in info.members}
-                progress.start(info.path, sum(sizes[m] for i, m in jobs if i is info))
-        args = [(i.path, m, str(store.root), opts) for i, m in jobs]
+                progress.start(info.path, sum(m.file_size for i, m in jobs if i is info))
+        pol = opts.policy
+        args = [
+            (i.path, m.filename, record_sha256(i.record[m.filename].hash), m.file_size, root, pol)
+            for i, m in jobs
+        ]
         outcomes: dict[tuple[str, str], LibraryOutcome] = {}
         for (info, m), got in zip(jobs, run(_slim_member, args), strict=True):
             if isinstance(got, SlimwheelError):
                 raise got
-            outcomes[(info.path, m)] = got
+            outcomes[(info.path, m.filename)] = got
             if progress:
-                progress.advance(info.path, m, got.bytes_before)
+                progress.advance(info.path, m.filename, got.bytes_before)
         per_wheel = [[o for (p, _m), o in outcomes.items() if p == info.path] for info in infos]
         todo = [
-            (info, opts, libs, outdir)
+            (info, opts, libs, outdir, root)
             for info, libs in zip(infos, per_wheel, strict=True)
             if any(lib.has_code for lib in libs)
         ]
@@ -411,7 +286,7 @@ def _unique(infos: list[WheelInfo]) -> list[WheelInfo]:
         seen = by_name.get(info.filename)
         if seen is None:
             by_name[info.filename] = info
-        elif file_sha256(seen.path) != file_sha256(info.path):
+        elif seen.sha256 != info.sha256:
             raise InputError(
                 f"two different wheels named {info.filename}: {seen.path} and {info.path}"
             )

@@ -21,20 +21,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .build import (
-    PROVENANCE,
-    BuildOptions,
-    BuildResult,
-    LibraryOutcome,
-    provenance,
-    slim_file,
-    source_date_epoch,
-    worker_pool,
-)
+from .build import PROVENANCE, BuildOptions, BuildResult, provenance, worker_pool
+from .cached import LibraryOutcome, on_disk, slim_through_store
 from .condapkg import Member, Package, pack, unpack
 from .elf import ELF_MAGIC
 from .errors import InputError, SlimwheelError
 from .store import Store, file_sha256
+from .wheel import source_date_epoch
 from .write import atomic_output
 
 
@@ -65,8 +58,8 @@ def build_package(
 ) -> BuildResult:
     """Slim one package into ``staging``; the result names the staged file."""
     store = Store(store_root)
-    with tempfile.TemporaryDirectory(prefix="conda-", dir=store.root / "tmp") as tmp:
-        root = Path(tmp) / "pkg"
+    with store.tempdir("conda-") as tmp:
+        root = tmp / "pkg"
         root.mkdir()
         pkg = unpack(path, root)
         libs: list[LibraryOutcome] = []
@@ -74,10 +67,17 @@ def build_package(
             if m.kind != "file" or m.path.startswith("info/") or m.size < 64:
                 continue
             if _is_elf(root / m.path):
-                where = f"{path}:{m.path}"
-                libs.append(
-                    slim_file(str(root / m.path), m.path, where, store, opts, sha256=m.sha256)
+                file_path = str(root / m.path)
+                outcome = slim_through_store(
+                    store,
+                    opts.policy,
+                    member=m.path,
+                    where=f"{path}:{m.path}",
+                    sha256=m.sha256,
+                    size=m.size,
+                    source=on_disk(file_path),
                 )
+                libs.append(outcome)
         installed_before = sum(m.size for m in pkg.members if m.kind in ("file", "hardlink"))
         size = os.path.getsize(path)
         slim = {lib.member: lib for lib in libs if lib.has_code}
@@ -134,7 +134,7 @@ def _rewrite_info(
     files = {
         "info/index.json": _dump(index),
         "info/paths.json": _dump(paths),
-        f"info/{PROVENANCE}": provenance(source, opts, list(slim.values())),
+        f"info/{PROVENANCE}": provenance(source, opts.policy, list(slim.values())),
     }
     members = [m for m in pkg.members if m.path not in files]
     old = {m.path: m for m in pkg.members}

@@ -24,7 +24,7 @@ from typing import Any
 
 from .build import PROVENANCE
 from .condapkg import CondaPackageError, package_format, read_info, stem_of
-from .index import Contents, FileContent, PublishError, collect, write_site
+from .index import Contents, FileContent, PublishError, collect, provenance_targets, write_site
 
 NOARCH = "noarch"
 
@@ -81,7 +81,7 @@ def read_package(path: Path) -> IndexedPackage:
     if prov_name in info:
         try:
             prov = json.loads(info[prov_name])
-            targets = "-".join(sorted(prov["targets"])) if prov["libraries"] else None
+            targets = provenance_targets(prov["targets"], where) if prov["libraries"] else None
         except (ValueError, KeyError, TypeError) as exc:
             raise PublishError(f"unreadable {prov_name} ({exc})", path=where) from None
     md5, sha = _digests(path)

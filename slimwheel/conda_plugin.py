@@ -10,9 +10,7 @@ update in that environment.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 from conda import plugins
 from conda.base.context import context
@@ -31,19 +29,10 @@ def _after(command: str) -> None:
     targets = getattr(context.plugins, SETTING, None)
     if not targets:
         return
-    from .arch import parse_targets
-    from .env import slim_env
-    from .errors import SlimwheelError
-    from .store import Store
+    from .cli import main
 
-    try:
-        for c in slim_env(
-            Path(context.target_prefix), Store(), targets=parse_targets([targets]), conda=True
-        ):
-            if not c.skipped:
-                print(f"slimwheel: {c.path}: {c.before} -> {c.after} bytes", file=sys.stderr)
-    except SlimwheelError as exc:
-        print(f"slimwheel: error: {exc}", file=sys.stderr)
+    # The command line's own path: the one policy, one-line errors, never a traceback.
+    main(["slim-env", "--prefix", str(context.target_prefix), "--arch", str(targets)])
 
 
 @plugins.hookimpl  # type: ignore[untyped-decorator]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -30,16 +29,14 @@ import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from .arch import Target
+from .cached import on_disk, slim_through_store
 from .elf import ElfFile, is_elf, map_file
 from .errors import InputError
 from .fatbin import scan
-from .plan import plan_layout
-from .profile import Profile
-from .slim import slim_library
-from .store import Store, entry_key, file_sha256
+from .policy import SlimPolicy
+from .slim import make_plan
+from .store import Store, file_sha256
 from .wheel import record_hash
 from .write import atomic_output
 
@@ -273,28 +270,27 @@ class Environment:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        # The lock lives in the store, so site-packages is left as pip left it.
-        lock = self.store.root / "locks" / ("env-" + hashlib.sha256(bytes(self.site)).hexdigest())
+        # The lock belongs to the environment, whatever store a run uses: an
+        # flock on the site-packages directory itself, so nothing is added there.
         try:
-            f = open(lock, "a+b")  # noqa: SIM115 (closed below)
+            fd = os.open(self.site, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise EnvError(
                 f"cannot lock the environment ({exc.strerror})", path=str(self.site)
             ) from None
-        with f:
+        try:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise EnvError(
                     "another slimwheel process is working on this environment; try again later",
                     path=str(self.site),
                 ) from None
-            try:
-                self.load()
-                self.reconcile()
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            self.load()
+            self.reconcile()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def reconcile(self) -> None:
         """Make the state, the files and RECORD agree after any interruption."""
@@ -351,25 +347,23 @@ class EnvChange:
     before: int
     after: int
     skipped: str = ""  # why nothing was done
+    note: str = ""  # a warning for the user
 
 
 def slim_env(
     site: Path,
     store: Store,
+    policy: SlimPolicy,
     *,
-    targets: Sequence[Target],
-    keep_ptx: bool = False,
-    profile: Profile | None = None,
     only: Sequence[str] = (),
     dry_run: bool = False,
     backup: bool = True,
     progress: Callable[[str], None] | None = None,
     conda: bool = False,
-    drop_lto: bool = False,
 ) -> list[EnvChange]:
     env = Environment(site, store, conda=conda)
     changes = []
-    names = [t.name for t in targets]
+    names = [t.name for t in policy.targets]
     with env.locked():
         for dist_info, rel in env.candidates(only):
             path = site / rel
@@ -381,45 +375,32 @@ def slim_env(
             if progress:
                 progress(rel)
             if dry_run:
-                with map_file(path) as buf:
-                    plan = plan_layout(
-                        scan(ElfFile(buf, str(path))), targets, keep_ptx=keep_ptx, drop_lto=drop_lto
-                    )
-                changes.append(EnvChange(rel, size, size - plan.removed_bytes, "dry run"))
+                changes.append(_dry_run(path, rel, size, policy))
                 continue
             sha = file_sha256(path)
-            usage = profile.for_library(sha, path.name) if profile else None
-            key = entry_key(
-                sha,
-                targets=names,
-                keep_ptx=keep_ptx,
-                profile_digest=usage.digest() if usage else None,
-                drop_lto=drop_lto,
+            got = slim_through_store(
+                store,
+                policy,
+                member=rel,
+                where=str(path),
+                sha256=sha,
+                size=size,
+                source=on_disk(str(path)),
             )
-
-            def build(dest: Path, src: Path = path, u: Any = usage) -> dict[str, Any]:
-                r = slim_library(
-                    src, dest, targets=targets, keep_ptx=keep_ptx, usage=u, drop_lto=drop_lto
-                )
-                return {
-                    "elements_before": r.plan.kept_elements + r.plan.removed_elements,
-                    "elements_after": r.plan.kept_elements,
-                }
-
-            entry, _built = store.get_or_build(key, build)
-            if entry.meta["sha256"] == sha:
-                changes.append(EnvChange(rel, size, size, "nothing to remove"))
+            if not got.changed:
+                changes.append(EnvChange(rel, size, size, "nothing to remove", got.note))
                 continue
             if backup:
                 store.keep_original(path, sha)
             mode = path.stat().st_mode
+            usage = policy.for_library(path.name, sha).usage
             env.entries[rel] = Replaced(
                 rel,
                 dist_info,
                 sha,
                 size,
-                entry.meta["sha256"],
-                entry.size,
+                got.sha256_after,
+                got.bytes_after,
                 names,
                 usage.digest() if usage else None,
                 backup,
@@ -428,15 +409,24 @@ def slim_env(
             )
             env.save()
             _crash_point("pending")
-            with atomic_output(path, mode=mode) as out, open(entry.path, "rb") as src:
+            with atomic_output(path, mode=mode) as out, open(got.store_path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
             _crash_point("replaced")
-            env.records.update(dist_info, rel, entry.meta["sha256"], entry.size)
+            env.records.update(dist_info, rel, got.sha256_after, got.bytes_after)
             _crash_point("recorded")
             env.entries[rel].state = "done"
             env.save()
-            changes.append(EnvChange(rel, size, entry.size))
+            changes.append(EnvChange(rel, size, got.bytes_after, note=got.note))
     return changes
+
+
+def _dry_run(path: Path, rel: str, size: int, policy: SlimPolicy) -> EnvChange:
+    """What slimming would remove (the plan, from the same policy; nothing written)."""
+    sha = file_sha256(path) if policy.needs_hash else None
+    lib = policy.for_library(path.name, sha)
+    with map_file(path) as buf:
+        plan = make_plan(buf, str(path), scan(ElfFile(buf, str(path))), lib)
+    return EnvChange(rel, size, size - plan.removed_bytes, "dry run", lib.note)
 
 
 def restore_env(

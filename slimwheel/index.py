@@ -26,6 +26,7 @@ import hashlib
 import html
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -40,7 +41,7 @@ from packaging.version import Version
 
 from .errors import InputError, SlimwheelError
 from .store import file_sha256
-from .wheel import open_wheel
+from .wheel import open_wheel, rewrite_wheel
 
 PLAIN = "simple"
 REPOSITORY_VERSION = "1.1"
@@ -75,7 +76,7 @@ def read_wheel(path: Path) -> IndexedWheel:
         metadata = zf.read(f"{info.dist_info}/METADATA")
         try:
             prov = json.loads(zf.read(f"{info.dist_info}/slimwheel.json"))
-            targets: str | None = "-".join(sorted(prov["targets"]))
+            targets: str | None = provenance_targets(prov["targets"], str(path))
         except KeyError:
             targets = None
         except (ValueError, TypeError) as exc:
@@ -108,6 +109,22 @@ def read_wheel(path: Path) -> IndexedWheel:
         metadata,
         targets,
     )
+
+
+_TARGET = re.compile(r"sm_[0-9]{2,3}[af]?")
+
+
+def provenance_targets(value: object, where: str) -> str:
+    """The provenance's targets as a path component (``sm_80-sm_90``); untrusted input."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(t, str) and _TARGET.fullmatch(t) for t in value)
+    ):
+        raise PublishError(
+            f"slimwheel.json: targets is not a list of sm_NN: {value!r}"[:200], path=where
+        )
+    return "-".join(sorted(set(value)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,55 +374,21 @@ def _variant_doc(variants: dict[str, dict[str, dict[str, list[str]]]]) -> dict[s
 def make_variant_wheel(w: IndexedWheel, dest_dir: Path) -> tuple[Path, str]:
     """A copy of a target wheel as a wheel variant: the public version, the
     variant label as the file name's last part, ``variant.json`` in ``.dist-info``."""
-    import calendar
-
-    from .wheel import (
-        WheelWriter,
-        canonical_order,
-        escape_name,
-        member_mode,
-        write_record,
-    )
-
     assert w.targets is not None
     label = variant_label(w.targets)
     info = open_wheel(str(w.path), check_hashes=False)
-    public = Version(w.version.public)
-    new_di = f"{escape_name(info.name)}-{public}.dist-info"
-    name = f"{escape_name(info.name)}-{public}-{info.tags}-{label}.whl"
-    members = {m.filename: m for m in info.members if not m.is_dir()}
-    renamed: dict[str, str] = {}
-    for old in members:
-        rest = old[len(info.dist_info) + 1 :] if old.startswith(info.dist_info + "/") else None
-        if rest == "RECORD":
-            continue
-        renamed[f"{new_di}/{rest}" if rest is not None else old] = old
     variant_json = (
         json.dumps(_variant_doc({label: variant_properties(w.targets)}), indent=1, sort_keys=True)
         + "\n"
     ).encode()
-    metadata = w.metadata.decode("utf-8").replace(f"Version: {w.version}", f"Version: {public}")
-    order = canonical_order([*renamed, f"{new_di}/variant.json"], new_di)
-    newest = max(m.date_time for m in info.members)
-    out = dest_dir / name
-    record: list[tuple[str, str, int | None]] = []
-    with open(out, "wb") as f, open(w.path, "rb") as src:
-        writer = WheelWriter(f, timestamp=float(calendar.timegm((*newest, 0, 0, 0))))
-        for member in order[:-1]:
-            if member == f"{new_di}/variant.json":
-                h, size = writer.add_stream(member, iter([variant_json]), 0o100644)
-            elif member == f"{new_di}/METADATA":
-                h, size = writer.add_stream(member, iter([metadata.encode()]), 0o100644)
-            else:
-                zi = members[renamed[member]]
-                writer.add_raw(member, src, zi, member_mode(zi))
-                entry = info.record[renamed[member]]
-                h, size = entry.hash, entry.size or zi.file_size
-            record.append((member, h, size))
-        record.append((order[-1], "", None))
-        writer.add_stream(order[-1], iter([write_record(record)]), 0o100644)
-        writer.close()
-    return out, label
+    out, _installed = rewrite_wheel(
+        info,
+        dest_dir,
+        version=Version(w.version.public),
+        name_suffix=f"-{label}",
+        dist_info_files={"variant.json": variant_json},
+    )
+    return Path(out), label
 
 
 def variant_contents(wheels: list[IndexedWheel], work: Path) -> Contents:

@@ -7,15 +7,17 @@ decompresses its elements; ``inspect`` and later ``slim`` build on it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .arch import Target
 from .cubin import ModuleSymbols, read_element
 from .elf import ElfFile, map_file, release
 from .errors import SlimwheelError
 from .fatbin import RELEASE_EVERY, FatbinLayout, scan
-from .plan import Plan, plan_layout
+from .plan import Plan
+from .policy import SlimPolicy
+from .slim import make_plan
+from .store import file_sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,7 @@ class LibraryScan:
     layout: FatbinLayout
     symbols: Mapping[int, ModuleSymbols | None] | None  # element offset -> symbols
     plan: Plan | None
+    note: str = ""  # a warning for the user
 
     @property
     def device_bytes(self) -> int:
@@ -42,13 +45,11 @@ def scan_library(
     *,
     name: str | None = None,
     where: str | None = None,
-    targets: Sequence[Target] = (),
-    keep_ptx: bool = False,
-    drop_lto: bool = False,
+    policy: SlimPolicy | None = None,
     kernels: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> LibraryScan:
-    """Scan one ELF library.
+    """Scan one ELF library; with a policy that names targets, plan its slim too.
 
     ``name`` is what reports call it; errors name ``where`` (else ``name``,
     else the path): for a wheel member, the wheel and the member.
@@ -69,11 +70,11 @@ def scan_library(
                     if el.end - swept > RELEASE_EVERY:
                         release(buf, swept, el.offset)
                         swept = el.offset
-            plan = (
-                plan_layout(layout, targets, keep_ptx=keep_ptx, drop_lto=drop_lto)
-                if targets
-                else None
-            )
+            plan, note = None, ""
+            if policy is not None and policy.targets:
+                sha = file_sha256(path) if policy.needs_hash else None
+                lib = policy.for_library(os.path.basename(name or os.fspath(path)), sha)
+                plan, note = make_plan(buf, label, layout, lib), lib.note
             return LibraryScan(
                 name=name or label,
                 file_size=len(buf),
@@ -82,6 +83,7 @@ def scan_library(
                 layout=layout,
                 symbols=symbols,
                 plan=plan,
+                note=note,
             )
     except SlimwheelError as exc:
         if exc.path == os.fspath(path):

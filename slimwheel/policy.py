@@ -1,18 +1,38 @@
-"""Sections a library's slim must leave alone, and why.
+"""The slimming policy: every option that decides a slim output, in one object.
 
-Built-in entries (``data/policy.json``) name libraries whose regions in some
-section cannot be changed without breaking them, each with the reason that
-was proven on a GPU; ``--leave-section`` adds more for one run.
+A command builds one :class:`SlimPolicy` from its flags (``cli/options.py``,
+``policy_from``) and hands it down; nothing below the CLI takes loose
+slimming options. Per library, :meth:`SlimPolicy.for_library` gives a
+:class:`LibraryPolicy`: the exact inputs of the slimmer (targets, PTX and
+LTO-IR policy, the sections left alone, the profile's record of that
+library, the file layout options), its store key (every input that changes
+the output bytes) and the version label. A new option is added here once.
+
+Sections left alone come from two places: built-in entries
+(``data/policy.json``) naming libraries whose regions in some section cannot
+be changed without breaking them, each with the reason proven on a GPU, and
+``--leave-section`` for one run.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from typing import Any
+
+from .arch import Target
+from .layout import DEFAULT_MIN_HOLE
+from .profile import LibraryUsage, Profile
+
+#: Bump when the slim output for the same inputs changes.
+FORMAT_VERSION = 2  # 2: regions with nothing left are zeroed whole
+
+USER_LEAVE_REASON = "left alone on request (--leave-section)"
 
 
 @cache
@@ -22,14 +42,163 @@ def builtin_policy() -> tuple[tuple[str, str, str], ...]:
     return tuple((e["library"], e["section"], e["reason"]) for e in raw["leave"])
 
 
-def sections_to_leave(library: str | os.PathLike[str], extra: Sequence[str] = ()) -> dict[str, str]:
-    """Section name -> reason, for the library at this path."""
-    name = os.path.basename(os.fspath(library))
+def sections_to_leave(name: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Section name -> reason, for the library of this file name."""
     out = {
         section: reason
         for pattern, section, reason in builtin_policy()
         if fnmatch.fnmatchcase(name, pattern)
     }
     for section in extra:
-        out[section] = "left alone on request (--leave-section)"
+        out[section] = USER_LEAVE_REASON
     return out
+
+
+def _digest(doc: object) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryPolicy:
+    """What the slimmer is told for one library; its store key follows from it."""
+
+    targets: tuple[Target, ...]
+    keep_ptx: bool = False
+    drop_lto: bool = False
+    leave: tuple[tuple[str, str], ...] = ()  # (section, why), sorted
+    usage: LibraryUsage | None = None
+    compact: bool = True
+    min_hole: int = DEFAULT_MIN_HOLE
+    note: str = ""  # a warning for the user (the profile was recorded on another build)
+
+    @property
+    def leave_map(self) -> Mapping[str, str]:
+        return dict(self.leave)
+
+    def store_key(self, library_sha256: str) -> str:
+        """The content address of the slim output of this library under this policy.
+
+        Options at their defaults are absent, so keys of earlier builds stay valid.
+        """
+        options: dict[str, Any] = {}
+        if self.drop_lto:
+            options["drop_lto"] = True
+        if self.leave:
+            options["leave"] = sorted(s for s, _why in self.leave)
+        if not self.compact:
+            options["compact"] = False
+        elif self.min_hole != DEFAULT_MIN_HOLE:
+            options["min_hole"] = self.min_hole
+        return _digest(
+            {
+                "library": library_sha256,
+                "targets": sorted(t.name for t in self.targets),
+                "keep_ptx": self.keep_ptx,
+                "profile": self.usage.digest() if self.usage else None,
+                "format": FORMAT_VERSION,
+                "options": options,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SlimPolicy:
+    """Every slimming option of one run, from the command line to the core."""
+
+    targets: tuple[Target, ...]
+    keep_ptx: bool = False
+    drop_lto: bool = False
+    leave_sections: tuple[str, ...] = ()  # --leave-section, sorted and unique
+    profile: Profile | None = None
+    profile_by_name: bool = False  # --profile-match name
+    compact: bool = True
+    min_hole: int = DEFAULT_MIN_HOLE
+    _profile_digest: list[str | None] = field(default_factory=list, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "leave_sections", tuple(sorted(set(self.leave_sections))))
+        object.__setattr__(self, "targets", tuple(sorted(set(self.targets))))
+
+    @property
+    def needs_hash(self) -> bool:
+        """Whether :meth:`for_library` needs the library's SHA-256 (a profile matches by it)."""
+        return self.profile is not None
+
+    @property
+    def profile_digest(self) -> str | None:
+        """The digest of the whole profile (computed once)."""
+        if not self._profile_digest:
+            digest = None
+            if self.profile is not None:
+                digest = _digest(self.profile.to_json()["libraries"])
+            self._profile_digest.append(digest)
+        return self._profile_digest[0]
+
+    def for_library(self, name: str, sha256: str | None = None) -> LibraryPolicy:
+        """The slimmer's inputs for the library file ``name`` with content ``sha256``."""
+        usage, note = None, ""
+        if self.profile is not None:
+            if sha256 is None:
+                raise ValueError("a profile needs the library's SHA-256")
+            usage = self.profile.for_library(sha256, name, by_name=self.profile_by_name)
+            if usage is None and self.profile.same_name(name) is not None:
+                note = (
+                    f"{name}: the profile was recorded on another build of it (SHA-256 "
+                    "differs); arch slimming only (--profile-match name applies it anyway)"
+                )
+        return LibraryPolicy(
+            targets=self.targets,
+            keep_ptx=self.keep_ptx,
+            drop_lto=self.drop_lto,
+            leave=tuple(sorted(sections_to_leave(name, self.leave_sections).items())),
+            usage=usage,
+            compact=self.compact,
+            min_hole=self.min_hole,
+            note=note,
+        )
+
+    @property
+    def label(self) -> str:
+        """The default version label: ``sm90``, ``sm80.sm90.ptx``, ``sm90.nolto.p1a2b3c4d``.
+
+        Targets, then ``ptx`` and ``nolto``, then ``p`` + the profile's digest, then
+        ``x`` + a digest of the other non-default options (sections left alone on
+        request, file layout), so two different builds never share a label.
+        """
+        parts = [f"sm{t.major}{t.minor}" for t in self.targets]
+        if self.keep_ptx:
+            parts.append("ptx")
+        if self.drop_lto:
+            parts.append("nolto")
+        if self.profile_digest:
+            parts.append(f"p{self.profile_digest[:8]}")
+        extra = self.layout_options()
+        if self.leave_sections:
+            extra["leave"] = list(self.leave_sections)
+        if extra:
+            parts.append(f"x{_digest(extra)[:8]}")
+        return ".".join(parts)
+
+    def layout_options(self) -> dict[str, Any]:
+        """The non-default file layout options."""
+        if not self.compact:
+            return {"compact": False}
+        if self.min_hole != DEFAULT_MIN_HOLE:
+            return {"min_hole": self.min_hole}
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        """What a provenance file records of the policy."""
+        doc: dict[str, Any] = {
+            "targets": [t.name for t in self.targets],
+            "ptx_policy": "keep-newest" if self.keep_ptx else "only-when-needed",
+            "lto_policy": "drop" if self.drop_lto else "keep",
+            "profile_digest": self.profile_digest,
+        }
+        if self.profile is not None:
+            doc["profile_match"] = "name" if self.profile_by_name else "hash"
+        if self.leave_sections:
+            doc["leave_sections"] = list(self.leave_sections)
+        if self.layout_options():
+            doc["layout"] = self.layout_options()
+        return doc

@@ -445,7 +445,7 @@ def build_recorder(store: Store) -> Path:
         + cc.encode()
         + libdir.encode()
     ).hexdigest()
-    dest = store.root / "recorder" / key / "libslimwheel_recorder.so"
+    dest = store.recorder_dir(key) / "libslimwheel_recorder.so"
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -10,17 +10,15 @@ from __future__ import annotations
 import mmap
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .arch import Target
 from .cubin import read_element
 from .elf import Buffer, ElfFile, map_file
 from .errors import InputError, SlimwheelError
 from .fatbin import FatbinLayout, scan
-from .layout import DEFAULT_MIN_HOLE, plan_output
+from .layout import plan_output
 from .plan import Plan, Reason, apply_usage, plan_layout
-from .profile import LibraryUsage
+from .policy import LibraryPolicy
 from .rewrite import edits_for
 from .verify import VerifyError, VerifyReport, verify
 from .write import atomic_output, write_pieces
@@ -65,17 +63,11 @@ def _by_arch(layout: FatbinLayout, keep: set[int] | None = None) -> dict[str, in
 def slim_library(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
+    policy: LibraryPolicy,
     *,
-    targets: Sequence[Target],
-    keep_ptx: bool = False,
-    compact: bool = True,
-    min_hole: int = DEFAULT_MIN_HOLE,
-    leave: Mapping[str, str] | None = None,
     name: str | None = None,
-    usage: LibraryUsage | None = None,
-    drop_lto: bool = False,
 ) -> SlimResult:
-    """Write ``dest``: ``src`` with only what ``targets`` load. ``dest`` may be ``src``."""
+    """Write ``dest``: ``src`` with only what ``policy`` keeps. ``dest`` may be ``src``."""
     label = name or os.fspath(src)
     if os.path.isdir(dest):
         raise InputError("output is a directory", path=os.fspath(dest))
@@ -84,11 +76,9 @@ def slim_library(
         with map_file(src) as buf, open(src, "rb") as fsrc:
             elf = ElfFile(buf, label)
             layout = scan(elf)
-            plan = plan_layout(layout, targets, keep_ptx=keep_ptx, leave=leave, drop_lto=drop_lto)
-            if usage is not None:
-                plan = _apply_profile(buf, label, plan, usage)
+            plan = make_plan(buf, label, layout, policy)
             edit = edits_for(elf, layout, plan)
-            out = plan_output(elf, edit, compact=compact, min_hole=min_hole)
+            out = plan_output(elf, edit, compact=policy.compact, min_hole=policy.min_hole)
             with atomic_output(dest, mode=mode) as f:
                 written = write_pieces(fsrc, f, out.pieces)
                 if written != out.size:
@@ -126,28 +116,36 @@ def slim_library(
         raise exc.with_path(label) from None
 
 
-def _apply_profile(buf: Buffer, label: str, plan: Plan, usage: LibraryUsage) -> Plan:
+def make_plan(buf: Buffer, label: str, layout: FatbinLayout, policy: LibraryPolicy) -> Plan:
+    """The plan the policy gives for a scanned library: arch selection, sections left
+    alone, then (with a profile's record of it) what the workload never used."""
+    plan = plan_layout(
+        layout,
+        policy.targets,
+        keep_ptx=policy.keep_ptx,
+        leave=policy.leave_map,
+        drop_lto=policy.drop_lto,
+    )
+    if policy.usage is None:
+        return plan
     symbols = {
         d.element.offset: read_element(buf, d.element, name=label)
         for d in plan.decisions
         if d.reason in (Reason.LOADED, Reason.KEEP_PTX)
     }
+    usage = policy.usage
     return apply_usage(plan, usage.needed_kernels, frozenset(usage.variables), symbols)
 
 
 def verify_pair(
     original: str | os.PathLike[str],
     slimmed: str | os.PathLike[str],
-    *,
-    targets: Sequence[Target],
-    keep_ptx: bool = False,
-    leave: Mapping[str, str] | None = None,
-    drop_lto: bool = False,
+    policy: LibraryPolicy,
 ) -> VerifyReport:
     """Check an existing pair (``slimwheel verify``)."""
     with map_file(original) as obuf, map_file(slimmed) as sbuf:
-        orig = ElfFile(obuf, os.fspath(original))
+        label = os.fspath(original)
+        orig = ElfFile(obuf, label)
         slim = ElfFile(sbuf, os.fspath(slimmed))
         layout = scan(orig)
-        plan = plan_layout(layout, targets, keep_ptx=keep_ptx, leave=leave, drop_lto=drop_lto)
-        return verify(orig, slim, plan, orig_layout=layout)
+        return verify(orig, slim, make_plan(obuf, label, layout, policy), orig_layout=layout)

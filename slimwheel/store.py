@@ -1,22 +1,30 @@
 """A content-addressed store of slimmed libraries.
 
-An entry is keyed by what determines the slim output: the SHA-256 of the
-original library, the normalized targets, the PTX policy, the profile digest
-for that library (none yet), and the slimmer's format version. A second build
-of the same thing slims nothing.
+An entry is keyed by what determines the slim output
+(:meth:`policy.LibraryPolicy.store_key`: the SHA-256 of the original library
+and every slimming option that changes the output bytes). A second build of
+the same thing slims nothing. The store owns everything under its root;
+nothing else writes there but through this class.
 
 Layout under the root (``--store``, ``SLIMWHEEL_STORE``, or the user cache
 directory from platformdirs)::
 
-    entries/<k[:2]>/<key>/lib        the slim library
-    entries/<k[:2]>/<key>/meta.json  its sha256, size and summary
-    locks/<key>.lock                 one lock per key (fcntl)
-    tmp/                             entries being built
+    entries/<k[:2]>/<key>/lib          the slim library
+    entries/<k[:2]>/<key>/<derived>    forms derived from it (the deflated stream for wheels)
+    entries/<k[:2]>/<key>/meta.json    sha256, size, stat identity, summary, derived forms
+    originals/<s[:2]>/<sha256>         originals kept for restoring environments
+    libraries/v<N>/<s[:2]>/<sha256>    libraries known to carry no device code
+    validated/<s[:2]>/<sha256>         input archives whose every member hash was checked
+    recorder/<key>/                    compiled usage recorders
+    locks/<key>.lock                   one lock per key (fcntl)
+    tmp/                               entries being built
 
 An entry is built in ``tmp/``, fsynced and renamed into place under its
 key's lock, so concurrent builders never see half an entry and never build
-one twice. An entry whose library no longer matches its recorded hash is
-discarded and rebuilt.
+one twice. Its library is hashed once, when written; a lookup trusts it
+while the file's size, mtime and inode are those recorded, re-hashes it when
+they are not, and discards and rebuilds an entry whose content changed.
+``verify`` re-hashes everything.
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ from typing import Any
 import platformdirs
 
 from .errors import SlimwheelError
+from .write import atomic_output
 
-#: Bump when the slim output for the same inputs changes.
-FORMAT_VERSION = 2  # 2: regions with nothing left are zeroed whole
+#: Bump when what ``libraries/`` records could change (a scanner that finds more).
+SCAN_VERSION = 1
 
 
 class StoreError(SlimwheelError):
@@ -61,27 +70,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def entry_key(
-    library_sha256: str,
-    *,
-    targets: list[str],
-    keep_ptx: bool,
-    profile_digest: str | None = None,
-    options: dict[str, Any] | None = None,
-    drop_lto: bool = False,
-) -> str:
-    options = dict(options or {})
-    if drop_lto:
-        options["drop_lto"] = True  # absent otherwise: keys of earlier builds stay valid
-    doc = {
-        "library": library_sha256,
-        "targets": sorted(targets),
-        "keep_ptx": keep_ptx,
-        "profile": profile_digest,
-        "format": FORMAT_VERSION,
-        "options": options or {},
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+def _identity(path: Path) -> dict[str, int]:
+    """What a lookup compares to trust a file without reading it."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def _write_json(path: Path, doc: object) -> None:
+    """Write a small JSON file atomically (temp file beside it, fsync, rename)."""
+    with atomic_output(path, mode=0o644) as f:
+        f.write(json.dumps(doc, indent=1, sort_keys=True).encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +91,14 @@ class Entry:
     @property
     def size(self) -> int:
         return int(self.meta["size"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.meta["sha256"])
+
+
+#: A derived form's maker: (library, destination) -> what to record of it.
+Derive = Callable[[Path, Path], dict[str, Any]]
 
 
 class Store:
@@ -118,20 +124,47 @@ class Store:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def lookup(self, key: str, *, check: bool = True) -> Entry | None:
-        d = self._dir(key)
+    @contextlib.contextmanager
+    def tempdir(self, prefix: str = "work-") -> Iterator[Path]:
+        """A private directory under ``tmp/`` (same file system as the entries)."""
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=self.root / "tmp") as tmp:
+            yield Path(tmp)
+
+    def _read_meta(self, key: str) -> dict[str, Any] | None:
         try:
-            meta = json.loads((d / "meta.json").read_text())
+            meta = json.loads((self._dir(key) / "meta.json").read_text())
         except (OSError, ValueError):
             return None
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            return None
+        return meta
+
+    def _intact(self, path: Path, recorded: dict[str, Any]) -> bool | None:
+        """True: the file is as recorded (by identity, or by hash when that changed);
+        None: intact, but its identity changed (the caller re-records it); False: not."""
+        try:
+            if recorded.get("stat") == _identity(path):
+                return True
+            if path.stat().st_size != recorded["size"]:
+                return False
+            return None if file_sha256(path) == recorded["sha256"] else False
+        except (OSError, KeyError, TypeError):
+            return False
+
+    def lookup(self, key: str, *, check: bool = True) -> Entry | None:
+        meta = self._read_meta(key)
+        if meta is None:
+            return None
+        d = self._dir(key)
         lib = d / "lib"
         if check:
-            try:
-                ok = lib.stat().st_size == meta["size"] and file_sha256(lib) == meta["sha256"]
-            except (OSError, KeyError):
-                ok = False
-            if not ok:
+            ok = self._intact(lib, meta)
+            if ok is False:
                 return None
+            if ok is None:  # copied or touched, same bytes: trust the new identity
+                with contextlib.suppress(OSError):
+                    meta["stat"] = _identity(lib)
+                    _write_json(d / "meta.json", meta)
             with contextlib.suppress(OSError):
                 os.utime(d / "meta.json")  # last use, for prune
         return Entry(key, lib, meta)
@@ -154,17 +187,18 @@ class Store:
             tmp = Path(tempfile.mkdtemp(prefix=f"{key[:12]}-", dir=self.root / "tmp"))
             try:
                 summary = build(tmp / "lib")
+                with open(tmp / "lib", "rb") as f:
+                    os.fsync(f.fileno())
                 meta = {
                     "key": key,
                     "sha256": file_sha256(tmp / "lib"),
                     "size": (tmp / "lib").stat().st_size,
+                    "stat": _identity(tmp / "lib"),  # a rename keeps inode and mtime
                     "created": int(time.time()),
                     "summary": summary,
+                    "derived": {},
                 }
-                (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-                for name in ("lib", "meta.json"):
-                    with open(tmp / name, "rb") as f:
-                        os.fsync(f.fileno())
+                _write_json(tmp / "meta.json", meta)
                 d.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(tmp, d)
             except BaseException:
@@ -172,12 +206,85 @@ class Store:
                 raise
             return Entry(key, d / "lib", meta), True
 
+    def derived(self, entry: Entry, name: str, make: Derive) -> tuple[Path, dict[str, Any]]:
+        """A form derived from an entry's library (e.g. its deflated stream), made
+        once and kept beside it: ``make(lib, dest)`` writes it and returns what to
+        record. Trusted like the library (identity, else hash)."""
+        d = self._dir(entry.key)
+        path = d / name
+        found = self._derived_intact(entry.key, name, path)
+        if found is not None:
+            return path, found
+        with self._lock(entry.key):
+            found = self._derived_intact(entry.key, name, path)
+            if found is not None:
+                return path, found
+            meta = self._read_meta(entry.key)
+            if meta is None:
+                raise StoreError(f"entry {entry.key[:16]} vanished", path=str(self.root))
+            with self.tempdir(prefix=f"{entry.key[:12]}-{name}-") as tmp:
+                out = tmp / name
+                info = make(entry.path, out)
+                with open(out, "rb") as f:
+                    os.fsync(f.fileno())
+                info = {
+                    **info,
+                    "sha256": file_sha256(out),
+                    "size": out.stat().st_size,
+                }
+                os.replace(out, path)
+            info["stat"] = _identity(path)
+            meta.setdefault("derived", {})[name] = info
+            _write_json(d / "meta.json", meta)
+            return path, info
+
+    def _derived_intact(self, key: str, name: str, path: Path) -> dict[str, Any] | None:
+        meta = self._read_meta(key)
+        info = (meta or {}).get("derived", {}).get(name)
+        if not isinstance(info, dict):
+            return None
+        ok = self._intact(path, info)
+        if ok is False:
+            return None
+        return info
+
+    # -- facts about inputs -------------------------------------------------------
+
+    def _fact(self, kind: str, sha256: str) -> Path:
+        return self.root / kind / sha256[:2] / sha256
+
+    def knows_no_device_code(self, sha256: str) -> bool:
+        """Whether the library with this content was scanned and has no device code."""
+        return self._fact(f"libraries/v{SCAN_VERSION}", sha256).is_file()
+
+    def record_no_device_code(self, sha256: str) -> None:
+        self._record_fact(f"libraries/v{SCAN_VERSION}", sha256)
+
+    def is_validated(self, sha256: str) -> bool:
+        """Whether an input archive with this content had every member hash checked."""
+        return self._fact("validated", sha256).is_file()
+
+    def record_validated(self, sha256: str) -> None:
+        self._record_fact("validated", sha256)
+
+    def _record_fact(self, kind: str, sha256: str) -> None:
+        p = self._fact(kind, sha256)
+        if p.is_file():
+            return
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(p, {"sha256": sha256})
+        except OSError:
+            pass  # a cache: a fact not recorded is only found again
+
+    def recorder_dir(self, key: str) -> Path:
+        """Where the usage recorder compiled for ``key`` lives."""
+        return self.root / "recorder" / key
+
     # -- originals (for restoring environments) ---------------------------------
 
     def keep_original(self, path: Path, sha256: str) -> None:
         """Keep a copy of an original library, once per content, read-only."""
-        from .write import atomic_output
-
         dest = self.root / "originals" / sha256[:2] / sha256
         if dest.is_file() and dest.stat().st_size == path.stat().st_size:
             return
@@ -199,6 +306,28 @@ class Store:
             if e is not None:
                 out.append(e)
         return out
+
+    def verify(self) -> tuple[int, list[tuple[str, str]]]:
+        """Re-hash every entry and derived form; remove the bad ones.
+
+        Returns how many entries were checked, and (key, what was wrong) for each removed.
+        """
+        bad: list[tuple[str, str]] = []
+        dirs = sorted((self.root / "entries").glob("*/*"))
+        for d in dirs:
+            key = d.name
+            meta = self._read_meta(key)
+            if meta is None:
+                bad.append((key, "no readable meta.json"))
+                self.remove(key)
+                continue
+            problem = _rehash(d / "lib", meta, "library")
+            for name, info in sorted(meta.get("derived", {}).items()):
+                problem = problem or _rehash(d / name, info, name)
+            if problem:
+                bad.append((key, problem))
+                self.remove(key)
+        return len(dirs), bad
 
     def remove(self, key: str) -> None:
         with self._lock(key):
@@ -227,6 +356,19 @@ class Store:
         shutil.rmtree(self.root / "tmp", ignore_errors=True)
         (self.root / "tmp").mkdir(exist_ok=True)
         return n
+
+
+def _rehash(path: Path, recorded: dict[str, Any], what: str) -> str:
+    try:
+        if path.stat().st_size != recorded["size"]:
+            return f"{what}: size differs from the recorded one"
+        if file_sha256(path) != recorded["sha256"]:
+            return f"{what}: content differs from the recorded SHA-256"
+    except OSError as exc:
+        return f"{what}: {exc.strerror}"
+    except (KeyError, TypeError):
+        return f"{what}: malformed record"
+    return ""
 
 
 def _last_used(e: Entry) -> float:

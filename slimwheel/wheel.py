@@ -19,9 +19,12 @@ PEP 376 RECORD, APPNOTE.TXT for the zip structures.
 from __future__ import annotations
 
 import base64
+import binascii
+import calendar
 import csv
 import hashlib
 import io
+import math
 import os
 import re
 import stat
@@ -29,14 +32,16 @@ import struct
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .errors import InputError
+from .write import atomic_output
 
 DEFLATE_LEVEL = 6
 SIGNATURE_FILES = ("RECORD.jws", "RECORD.p7s")
@@ -55,6 +60,18 @@ def record_hash(data_or_digest: bytes, *, digest: bool = False) -> str:
     return "sha256=" + base64.urlsafe_b64encode(d).rstrip(b"=").decode()
 
 
+def record_sha256(entry_hash: str) -> str | None:
+    """The hex SHA-256 a RECORD hash field (``sha256=<urlsafe base64>``) names, if any."""
+    algo, _, value = entry_hash.partition("=")
+    if algo != "sha256" or not value:
+        return None
+    try:
+        digest = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return digest.hex() if len(digest) == 32 else None
+
+
 @dataclass(frozen=True, slots=True)
 class RecordEntry:
     path: str
@@ -71,6 +88,7 @@ class WheelInfo:
     dist_info: str  # "nvidia_curand-10.4.0.35.dist-info"
     members: list[zipfile.ZipInfo] = field(default_factory=list)
     record: dict[str, RecordEntry] = field(default_factory=dict)
+    sha256: str = ""  # of the wheel file, when the caller hashed it
 
     @property
     def filename(self) -> str:
@@ -328,6 +346,34 @@ class WheelWriter:
             bname, info.compress_type, info.CRC, info.compress_size, info.file_size, mode, offset
         )
 
+    def add_deflated(self, name: str, member: Deflated, mode: int) -> None:
+        """A member whose deflated stream is already in a file: copied as it is."""
+        bname = name.encode()
+        offset = self.pos
+        self._check32(offset, member.compressed_size, member.size)
+        self._write(
+            self._local(
+                bname, zipfile.ZIP_DEFLATED, member.crc, member.compressed_size, member.size
+            )
+        )
+        left = member.compressed_size
+        with open(member.path, "rb") as f:
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    raise WheelError(f"{member.path}: deflated form truncated")
+                self._write(chunk)
+                left -= len(chunk)
+        self._add_central(
+            bname,
+            zipfile.ZIP_DEFLATED,
+            member.crc,
+            member.compressed_size,
+            member.size,
+            mode,
+            offset,
+        )
+
     def add_stream(self, name: str, chunks: Iterable[bytes], mode: int) -> tuple[str, int]:
         """Deflate ``chunks`` into a new member; return its RECORD hash and size."""
         bname = name.encode()
@@ -394,3 +440,173 @@ def write_record(entries: list[tuple[str, str, int | None]]) -> bytes:
     for path, h, size in entries:
         w.writerow([path, h, "" if size is None else str(size)])
     return buf.getvalue().encode()
+
+
+# -- METADATA -----------------------------------------------------------------
+
+
+def set_metadata_field(text: str, name: str, value: str) -> str:
+    """``text`` (core metadata: RFC 822 headers, a blank line, a body) with the
+    one header field ``name`` set to ``value``; every other byte unchanged.
+
+    Only the header block is searched (a body line that looks like a field is
+    not one); continuation lines of the old value go with it.
+    """
+    lines = text.splitlines(keepends=True)
+    want = name.lower()
+    for i, line in enumerate(lines):
+        if line in ("\n", "\r\n") or not line.strip():
+            break  # end of the headers
+        if line[:1] in (" ", "\t"):
+            continue
+        key, sep, _rest = line.partition(":")
+        if sep and key.strip().lower() == want:
+            end = i + 1
+            while end < len(lines) and lines[end][:1] in (" ", "\t") and lines[end].strip():
+                end += 1
+            newline = "\r\n" if line.endswith("\r\n") else "\n"
+            lines[i:end] = [f"{key}: {value}{newline}"]
+            return "".join(lines)
+    raise WheelError(f"METADATA has no {name} field")
+
+
+# -- timestamps -----------------------------------------------------------------
+
+#: The zip format's dates end with 2107.
+_MAX_ZIP_TIME = calendar.timegm((2107, 12, 31, 23, 59, 58, 0, 0, 0))
+
+
+def source_date_epoch() -> float | None:
+    """SOURCE_DATE_EPOCH, when set (seconds since 1970, up to the end of 2107)."""
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if not env:
+        return None
+    try:
+        value = float(env)
+    except ValueError:
+        raise InputError(f"SOURCE_DATE_EPOCH is not a number: {env!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= _MAX_ZIP_TIME:
+        raise InputError(f"SOURCE_DATE_EPOCH is out of range (0 to the end of 2107): {env!r}")
+    return value
+
+
+def wheel_timestamp(info: WheelInfo) -> float:
+    """The one timestamp of an output wheel: SOURCE_DATE_EPOCH, else the input's newest."""
+    epoch = source_date_epoch()
+    if epoch is not None:
+        return epoch
+    newest = max((m.date_time for m in info.members), default=(1980, 1, 1, 0, 0, 0))
+    return float(calendar.timegm((*newest, 0, 0, 0)))
+
+
+# -- deflated members -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Deflated:
+    """A member's content, already deflated (raw stream, DEFLATE_LEVEL) in a file."""
+
+    path: str
+    crc: int
+    compressed_size: int
+    size: int
+    sha256: str  # of the uncompressed content, hex
+
+
+def deflate_file(src: Path, dest: Path) -> dict[str, Any]:
+    """Deflate ``src`` into ``dest`` exactly as :meth:`WheelWriter.add_stream` would."""
+    comp = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+    crc = usize = 0
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+            usize += len(chunk)
+            fout.write(comp.compress(chunk))
+        fout.write(comp.flush())
+    return {"crc": crc, "uncompressed_size": usize, "level": DEFLATE_LEVEL}
+
+
+# -- the one wheel writer -----------------------------------------------------------
+
+Content = bytes | Deflated
+
+
+def rewrite_wheel(
+    info: WheelInfo,
+    outdir: str | os.PathLike[str],
+    *,
+    version: Version,
+    name_suffix: str = "",
+    contents: Mapping[str, Content] | None = None,
+    dist_info_files: Mapping[str, bytes] | None = None,
+    drop: Iterable[str] = (),
+) -> tuple[str, int]:
+    """Write a wheel made from ``info``, atomically, into ``outdir``.
+
+    The version (file name, ``.dist-info`` name, METADATA's Version field)
+    becomes ``version``; ``name_suffix`` ends the file name (a variant label:
+    ``-sm90``). ``contents`` gives new content for package members by name;
+    ``dist_info_files`` adds or replaces ``.dist-info`` files (by name inside
+    it); ``drop`` names ``.dist-info`` files to leave out. RECORD and
+    signatures are written anew. Entries in canonical order, one timestamp
+    (:func:`wheel_timestamp`), unchanged members copied raw.
+
+    Returns the output's path and its installed size.
+    """
+    contents = contents or {}
+    dist_info_files = dist_info_files or {}
+    new_di = f"{escape_name(info.name)}-{version}.dist-info"
+    out_name = f"{escape_name(info.name)}-{version}-{info.tags}{name_suffix}.whl"
+    skip = {"RECORD", *SIGNATURE_FILES, *drop, *dist_info_files}
+    by_name = {m.filename: m for m in info.members if not m.is_dir()}
+    plan: dict[str, zipfile.ZipInfo | Content] = {}
+    sources: dict[str, zipfile.ZipInfo] = {}
+    old_di = info.dist_info + "/"
+    with zipfile.ZipFile(info.path) as zf:
+        metadata = zf.read(f"{old_di}METADATA").decode("utf-8")
+    for old, m in by_name.items():
+        if old.startswith(old_di):
+            rest = old[len(old_di) :]
+            if rest in skip:
+                continue
+            new = f"{new_di}/{rest}"
+            sources[new] = m
+            if rest == "METADATA":
+                plan[new] = set_metadata_field(metadata, "Version", str(version)).encode()
+            else:
+                plan[new] = m
+        else:
+            sources[old] = m
+            plan[old] = contents.get(old, m)
+    for rest, data in dist_info_files.items():
+        plan[f"{new_di}/{rest}"] = data
+    order = canonical_order(plan, new_di)
+    dest = os.path.join(outdir, out_name)
+    record: list[tuple[str, str, int | None]] = []
+    installed = 0
+    with atomic_output(dest, mode=0o644) as out, open(info.path, "rb") as src:
+        w = WheelWriter(out, timestamp=wheel_timestamp(info))
+        for name in order[:-1]:
+            item = plan[name]
+            mode = member_mode(sources[name]) if name in sources else 0o100644
+            if isinstance(item, zipfile.ZipInfo):
+                w.add_raw(name, src, item, mode)
+                entry = info.record[item.filename]
+                record.append((name, entry.hash, entry.size))
+                installed += item.file_size
+            elif isinstance(item, Deflated):
+                w.add_deflated(name, item, mode)
+                record.append(
+                    (name, record_hash(bytes.fromhex(item.sha256), digest=True), item.size)
+                )
+                installed += item.size
+            else:
+                h, size = w.add_stream(name, iter([item]), mode)
+                record.append((name, h, size))
+                installed += size
+        record.append((order[-1], "", None))
+        body = write_record(record)
+        w.add_stream(order[-1], iter([body]), 0o100644)
+        installed += len(body)
+        w.close()
+    return dest, installed

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from slimwheel.fatbin import FatbinLayout
@@ -145,3 +147,35 @@ def venv_purelib(python: Path) -> Path:
         check=True,
     )
     return Path(out.stdout.strip())
+
+
+def write_profile(
+    dest: Path, lib: Path, kernels: Sequence[str], variables: Sequence[str] = ()
+) -> Path:
+    """A profile, in ``dest``, of a run that launched ``kernels`` and touched
+    ``variables`` of ``lib``: made from records as the recorder writes them."""
+    from slimwheel.cubin import read_element
+    from slimwheel.elf import open_elf
+    from slimwheel.fatbin import scan
+    from slimwheel.profile import collect
+
+    where: dict[str, int] = {}  # kernel or variable -> vaddr of its region
+    with open_elf(lib) as elf:
+        for region in scan(elf).regions:
+            for el in region.elements:
+                syms = read_element(elf.buf, el, name=str(lib))
+                for name in [*(syms.kernels if syms else ()), *(v.name for v in syms.variables)]:
+                    where.setdefault(name, region.vaddr)
+    records = dest.parent / f"{dest.stem}-records"
+    records.mkdir(parents=True)
+    lines: list[dict[str, object]] = [
+        {"t": "process", "pid": 1, "ppid": 0},
+        {"t": "gpu", "index": 0, "name": "NVIDIA H200", "cc": "9.0"},
+    ]
+    for i, name in enumerate([*kernels, *variables]):
+        lines.append({"t": "origin", "id": i, "api": "cuLibraryLoadData", "lib": str(lib)})
+        lines[-1]["vaddr"] = where[name]
+        lines.append({"t": "launch" if name in kernels else "global", "o": i, "name": name})
+    (records / "rec-1-1.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    dest.write_text(json.dumps(collect(str(records)).to_json()))
+    return dest

@@ -7,25 +7,23 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..build import BuildOptions, BuildResult, build_wheels, default_label, download
+from ..build import BuildOptions, BuildResult, build_wheels, download
 from ..conda_build import build_packages, build_suffix
 from ..condapkg import package_format
 from ..errors import UsageError
 from ..index import build_index
-from .inspect import human
 from .options import (
     add_output_options,
-    add_profile_options,
+    add_policy_options,
     add_store_option,
-    add_target_options,
+    human,
     make_console,
-    profile_from,
+    policy_from,
     store_from,
-    targets_from,
+    warn,
 )
 from .progress import wheel_progress
 
@@ -51,8 +49,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="FILE",
         help="requirements file for pip download (repeatable)",
     )
-    add_target_options(p, required=True)
-    add_profile_options(p)
+    add_policy_options(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="where the wheels go")
     p.add_argument(
         "--publish",
@@ -114,27 +111,13 @@ def _pip_args(args: argparse.Namespace) -> list[str]:
 
 
 def execute(args: argparse.Namespace) -> int:
-    targets = targets_from(args)
     if not args.inputs and not args.requirement:
         raise UsageError("nothing to build: give wheels, directories or requirements")
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    profile = profile_from(args)
-    label = None
-    if not args.no_local_label:
-        label = args.local_label or default_label(targets, args.keep_ptx, args.drop_lto)
-    opts = BuildOptions(
-        targets=targets,
-        keep_ptx=args.keep_ptx,
-        drop_lto=args.drop_lto,
-        label=label,
-        jobs=args.jobs,
-        profile=profile,
-        profile_by_name=args.profile_match == "name",
-    )
-    if opts.profile_digest and not args.local_label and label:
-        # A profile-slimmed build is another build: say so in the version.
-        opts = replace(opts, label=f"{label}.p{opts.profile_digest[:8]}")
+    policy = policy_from(args)
+    label = None if args.no_local_label else (args.local_label or policy.label)
+    opts = BuildOptions(policy=policy, label=label, jobs=args.jobs)
     store = store_from(args)
     wheels: list[str] = []
     packages: list[str] = []
@@ -161,11 +144,13 @@ def execute(args: argparse.Namespace) -> int:
         if packages:
             suffix = ""
             if args.build_suffix:
-                suffix = build_suffix(args.local_label or _conda_label(opts, targets, args))
+                suffix = build_suffix(args.local_label or policy.label)
             results += build_packages(packages, args.output, opts, store, suffix=suffix)
         if wheels:
             with wheel_progress(enabled=not args.quiet) as progress:
                 results += build_wheels(wheels, args.output, opts, store, progress=progress)
+    for note in sorted({lib.note for r in results for lib in r.libraries if lib.note}):
+        warn(note)
     if args.publish:
         site = Path(args.publish)
         sources = [site / "files"] if (site / "files").is_dir() else []
@@ -178,18 +163,16 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-def _conda_label(opts: BuildOptions, targets: Any, args: argparse.Namespace) -> str:
-    label = default_label(targets, args.keep_ptx, args.drop_lto)
-    if opts.profile_digest:
-        label += f".p{opts.profile_digest[:8]}"
-    return label
-
-
 def results_document(results: list[BuildResult], opts: BuildOptions) -> dict[str, Any]:
+    """The ``--json`` document (schema: ``schemas/build.schema.json``)."""
+    from .. import __version__
+
     return {
         "schema": "slimwheel.build",
         "schema_version": 1,
-        "targets": [t.name for t in opts.targets],
+        "tool": {"name": "slimwheel", "version": __version__},
+        "targets": [t.name for t in opts.policy.targets],
+        "label": opts.label,
         "wheels": [
             {
                 "source": os.path.basename(r.source),

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 from ..inventory import LibraryScan, scan_library
 from ..report import Doc, inspect_document
 from ..sources import LibrarySource, find_libraries
-from .options import add_output_options, add_target_options, make_console, targets_from
+from .options import (
+    add_output_options,
+    add_policy_options,
+    human,
+    make_console,
+    policy_from,
+    warn,
+)
 from .progress import byte_progress
 
 if TYPE_CHECKING:
@@ -27,7 +34,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="TARGET",
         help="a library (.so), a wheel (.whl), a directory, or an installed distribution name",
     )
-    add_target_options(p, required=False)
+    add_policy_options(p, required=False, layout=False)
     p.add_argument("--kernels", action="store_true", help="list kernels and variables per element")
     p.add_argument(
         "--elements", action="store_true", help="list every element (with --json: element_list)"
@@ -40,7 +47,8 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    targets = targets_from(args)
+    policy = policy_from(args)
+    targets = policy.targets
     sources: list[LibrarySource] = []
     for t in args.targets:
         sources.extend(find_libraries(t))
@@ -52,13 +60,13 @@ def execute(args: argparse.Namespace) -> int:
                     path,
                     name=src.name,
                     where=src.where,
-                    targets=targets,
-                    keep_ptx=args.keep_ptx,
-                    drop_lto=args.drop_lto,
+                    policy=policy,
                     kernels=args.kernels,
                 )
             advance(src.size, src.name)
             scans.append(scan)
+            if scan.note:
+                warn(scan.note)
     doc = inspect_document(
         scans,
         inputs=args.targets,
@@ -72,15 +80,6 @@ def execute(args: argparse.Namespace) -> int:
     else:
         render(doc, show_all=args.all)
     return 0
-
-
-def human(n: int | float) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 
 
 def _pct(part: int, whole: int) -> str:

@@ -12,14 +12,13 @@ from typing import Any
 
 from ..env import site_dirs, slim_env
 from ..errors import InputError, UsageError
-from .inspect import human
 from .options import (
-    add_profile_options,
+    add_policy_options,
     add_store_option,
-    add_target_options,
-    profile_from,
+    human,
+    policy_from,
     store_from,
-    targets_from,
+    warn,
 )
 
 HELP = "run pip install, then slim exactly the distributions pip installed or upgraded"
@@ -29,8 +28,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "install", help=HELP, description=HELP + ". Usage: slimwheel install --arch GPU -- PIP_ARGS"
     )
-    add_target_options(p, required=True)
-    add_profile_options(p)
+    add_policy_options(p)
     p.add_argument(
         "--python",
         default=sys.executable,
@@ -53,7 +51,7 @@ def _pip(python: str) -> list[str]:
 
 
 def execute(args: argparse.Namespace) -> int:
-    targets = targets_from(args)
+    policy = policy_from(args)  # before pip runs: a bad flag or profile changes nothing
     pip_args = list(args.pip_args)
     if pip_args and pip_args[0] == "--":
         pip_args = pip_args[1:]
@@ -75,15 +73,9 @@ def execute(args: argparse.Namespace) -> int:
     store = store_from(args)
     saved = 0
     for site in site_dirs(args.python):
-        for c in slim_env(
-            site,
-            store,
-            targets=targets,
-            keep_ptx=args.keep_ptx,
-            drop_lto=args.drop_lto,
-            profile=profile_from(args),
-            only=installed,
-        ):
+        for c in slim_env(site, store, policy, only=installed):
+            if c.note:
+                warn(c.note)
             print(f"{c.path}: {human(c.before)} -> {human(c.after)}")
             saved += c.before - c.after
     print(f"slimmed {', '.join(installed)}: saved {human(saved)}")

@@ -5,17 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..arch import Target, parse_targets
-from ..profile import LibraryUsage, Profile, load_profile, merge
+from ..env import site_dirs
+from ..errors import UsageError
+from ..layout import DEFAULT_MIN_HOLE
+from ..policy import SlimPolicy
+from ..profile import load_profile, merge
 from ..store import Store
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 
-def add_target_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+def add_policy_options(
+    parser: argparse.ArgumentParser, *, required: bool = True, layout: bool = True
+) -> None:
+    """Every slimming option (the fields of :class:`SlimPolicy`), defined once.
+
+    ``layout``: also the file layout options (commands that write libraries).
+    """
     parser.add_argument(
         "--arch",
         action="append",
@@ -35,11 +46,75 @@ def add_target_options(parser: argparse.ArgumentParser, *, required: bool) -> No
         help="also remove LTO-IR: the driver never loads it, but cuFFT LTO callbacks and "
         "cuSPARSE's JIT-LTO routines (cusparseSpMMOp) link it at run time and then fail",
     )
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="P.json",
+        help="also drop what this usage profile never used (repeatable: merged)",
+    )
+    parser.add_argument(
+        "--profile-match",
+        choices=("hash", "name"),
+        default="hash",
+        help="apply a profile to a library recorded from another build of it, by file name",
+    )
+    parser.add_argument(
+        "--leave-section",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="do not slim the regions of this section (may be repeated)",
+    )
+    if layout:
+        parser.add_argument(
+            "--no-compact",
+            action="store_true",
+            help="zero removed bytes but keep the file layout (same size on disk)",
+        )
+        parser.add_argument(
+            "--min-hole",
+            type=parse_size,
+            default=DEFAULT_MIN_HOLE,
+            metavar="SIZE",
+            help="smallest zero run taken out of the file (default 64K; each costs a PT_LOAD)",
+        )
 
 
 def targets_from(args: argparse.Namespace) -> tuple[Target, ...]:
     specs: Sequence[str] | None = args.arch
     return parse_targets(specs) if specs else ()
+
+
+def policy_from(args: argparse.Namespace) -> SlimPolicy:
+    """The one policy of a run, from the flags :func:`add_policy_options` defined."""
+    if args.profile_match != "hash" and not args.profile:
+        raise UsageError("--profile-match needs --profile")
+    profile = merge(load_profile(p) for p in args.profile) if args.profile else None
+    return SlimPolicy(
+        targets=targets_from(args),
+        keep_ptx=args.keep_ptx,
+        drop_lto=args.drop_lto,
+        leave_sections=tuple(args.leave_section),
+        profile=profile,
+        profile_by_name=args.profile_match == "name",
+        compact=not getattr(args, "no_compact", False),
+        min_hole=getattr(args, "min_hole", DEFAULT_MIN_HOLE),
+    )
+
+
+def warn(note: str) -> None:
+    """A warning for the user, on stderr."""
+    print(f"slimwheel: warning: {note}", file=sys.stderr)
+
+
+def human(n: int | float) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -58,42 +133,6 @@ def parse_size(text: str) -> int:
     return value * _UNITS[unit]
 
 
-def add_profile_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--profile",
-        action="append",
-        default=[],
-        metavar="P.json",
-        help="also drop what this usage profile never used (repeatable: merged)",
-    )
-    parser.add_argument(
-        "--profile-match",
-        choices=("hash", "name"),
-        default="hash",
-        help="apply a profile to a library recorded from another build of it, by file name",
-    )
-
-
-def profile_from(args: argparse.Namespace) -> Profile | None:
-    return merge(load_profile(p) for p in args.profile) if args.profile else None
-
-
-def usage_for(
-    profile: Profile | None, sha256: str, name: str, *, by_name: bool
-) -> LibraryUsage | None:
-    """The profile's record of this library; warns when only another build was recorded."""
-    if profile is None:
-        return None
-    usage = profile.for_library(sha256, name, by_name=by_name)
-    if usage is None and profile.same_name(name) is not None:
-        print(
-            f"slimwheel: warning: {name}: the profile was recorded on another build of it "
-            "(SHA-256 differs); arch slimming only (--profile-match name applies it anyway)",
-            file=sys.stderr,
-        )
-    return usage
-
-
 def add_store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
@@ -104,6 +143,36 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
 
 def store_from(args: argparse.Namespace) -> Store:
     return Store(args.store) if args.store else Store()
+
+
+def add_env_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PATH",
+        help="the environment's interpreter (default: the one running slimwheel)",
+    )
+    p.add_argument(
+        "--prefix", metavar="DIR", help="a conda prefix (its conda-meta records are kept in step)"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="DIST",
+        help="only these distributions (repeatable)",
+    )
+    add_store_option(p)
+
+
+def sites(args: argparse.Namespace) -> list[tuple[Path, bool]]:
+    """(root, is a conda prefix) of each place to work on."""
+    if args.prefix:
+        prefix = Path(args.prefix).resolve()
+        if not (prefix / "conda-meta").is_dir():
+            raise UsageError(f"{args.prefix}: not a conda prefix (no conda-meta/)")
+        return [(prefix, True)]
+    return [(site, False) for site in site_dirs(args.python)]
 
 
 def make_console() -> Console:

@@ -6,9 +6,7 @@ import argparse
 from typing import Any
 
 from ..env import restore_env
-from .inspect import human
-from .options import store_from
-from .slim_env import add_env_options, sites
+from .options import add_env_options, human, sites, store_from
 
 HELP = "restore the original libraries of an environment slimmed with slim-env"
 

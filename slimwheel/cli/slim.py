@@ -9,20 +9,15 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..layout import DEFAULT_MIN_HOLE
-from ..policy import sections_to_leave
 from ..slim import SlimResult, slim_library
 from ..store import file_sha256
-from .inspect import human
 from .options import (
     add_output_options,
-    add_profile_options,
-    add_target_options,
+    add_policy_options,
+    human,
     make_console,
-    parse_size,
-    profile_from,
-    targets_from,
-    usage_for,
+    policy_from,
+    warn,
 )
 
 if TYPE_CHECKING:
@@ -34,30 +29,10 @@ HELP = "write a library that keeps only the device code the given GPUs load"
 def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser("slim", help=HELP, description=HELP + ".")
     p.add_argument("library", metavar="LIB", help="the shared library to slim")
-    add_target_options(p, required=True)
-    add_profile_options(p)
+    add_policy_options(p)
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("-o", "--output", metavar="OUT", help="where to write the slim library")
     out.add_argument("--in-place", action="store_true", help="replace LIB (atomically)")
-    p.add_argument(
-        "--no-compact",
-        action="store_true",
-        help="zero removed bytes but keep the file layout (same size on disk)",
-    )
-    p.add_argument(
-        "--min-hole",
-        type=parse_size,
-        default=DEFAULT_MIN_HOLE,
-        metavar="SIZE",
-        help="smallest zero run taken out of the file (default 64K; each costs a PT_LOAD)",
-    )
-    p.add_argument(
-        "--leave-section",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="do not slim the regions of this section (may be repeated)",
-    )
     p.add_argument(
         "--explain", action="store_true", help="print why each element is kept or removed"
     )
@@ -66,31 +41,19 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    targets = targets_from(args)
     src = args.library
     if not os.path.isfile(src):
         raise UsageError(f"{src}: no such file")
     dest = src if args.in_place else args.output
     if not args.in_place and os.path.exists(dest) and os.path.samefile(src, dest):
         raise UsageError(f"{dest}: output is the input; use --in-place to replace it")
-    leave = sections_to_leave(src, args.leave_section)
-    profile = profile_from(args)
-    usage = None
-    if profile is not None:  # hashing a 500 MB library is not free: only when needed
-        usage = usage_for(
-            profile, file_sha256(src), os.path.basename(src), by_name=args.profile_match == "name"
-        )
-    result = slim_library(
-        src,
-        dest,
-        targets=targets,
-        keep_ptx=args.keep_ptx,
-        drop_lto=args.drop_lto,
-        compact=not args.no_compact,
-        min_hole=args.min_hole,
-        leave=leave,
-        usage=usage,
-    )
+    policy = policy_from(args)
+    # Hashing a 500 MB library is not free: only when a profile needs it.
+    sha = file_sha256(src) if policy.needs_hash else None
+    lib = policy.for_library(os.path.basename(src), sha)
+    if lib.note:
+        warn(lib.note)
+    result = slim_library(src, dest, lib)
     if args.json:
         json.dump(result_document(result), sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -169,6 +132,7 @@ def print_explain(console: Console, r: SlimResult) -> None:
 
 
 def result_document(r: SlimResult) -> dict[str, Any]:
+    """The ``--json`` document (schema: ``schemas/slim.schema.json``)."""
     from .. import __version__
 
     return {
@@ -187,6 +151,10 @@ def result_document(r: SlimResult) -> dict[str, Any]:
         "compacted": r.compacted,
         "note": r.note,
         "left_alone": [{"section": s, "reason": why} for s, why in r.plan.left_alone],
+        "not_used": {
+            "elements": sum(1 for d in r.plan.decisions if d.reason.value == "not-used"),
+            "bytes": r.unused_bytes,
+        },
         "by_arch": {
             a: {"before": r.by_arch_before.get(a, 0), "after": r.by_arch_after.get(a, 0)}
             for a in sorted(set(r.by_arch_before) | set(r.by_arch_after))

@@ -6,9 +6,7 @@ import argparse
 from typing import Any
 
 from ..env import env_status
-from .inspect import human
-from .options import store_from
-from .slim_env import add_env_options, sites
+from .options import add_env_options, human, sites, store_from
 
 HELP = "show which libraries of an environment are slimmed, and the space saved"
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
-from ..policy import sections_to_leave
+from ..errors import UsageError
 from ..slim import verify_pair
-from .inspect import human
-from .options import add_target_options, targets_from
+from ..store import file_sha256
+from .options import add_policy_options, human, policy_from, warn
 
 HELP = "check that a slimmed library keeps what the driver loads and changes nothing else"
 
@@ -18,20 +19,20 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser("verify", help=HELP, description=HELP + ".")
     p.add_argument("original", metavar="ORIGINAL")
     p.add_argument("slim", metavar="SLIM")
-    add_target_options(p, required=True)
-    p.add_argument("--leave-section", action="append", default=[], metavar="NAME")
+    add_policy_options(p, layout=False)
     return p
 
 
 def execute(args: argparse.Namespace) -> int:
-    report = verify_pair(
-        args.original,
-        args.slim,
-        targets=targets_from(args),
-        keep_ptx=args.keep_ptx,
-        drop_lto=args.drop_lto,
-        leave=sections_to_leave(args.original, args.leave_section),
-    )
+    for f in (args.original, args.slim):
+        if not os.path.isfile(f):
+            raise UsageError(f"{f}: not a regular file")
+    policy = policy_from(args)
+    sha = file_sha256(args.original) if policy.needs_hash else None
+    lib = policy.for_library(os.path.basename(args.original), sha)
+    if lib.note:
+        warn(lib.note)
+    report = verify_pair(args.original, args.slim, lib)
     if report.problems:
         for problem in report.problems:
             print(f"{args.slim}: {problem}", file=sys.stderr)

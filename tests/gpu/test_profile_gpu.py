@@ -24,6 +24,7 @@ import pytest
 
 from slimwheel.arch import Target
 from slimwheel.elf import is_elf
+from slimwheel.policy import LibraryPolicy
 from slimwheel.profile import load_profile, merge
 from slimwheel.slim import slim_library
 from slimwheel.store import file_sha256
@@ -68,7 +69,7 @@ def test_usage_fixture(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
     assert usage.images, "the loaded cubin's hash matches an element"
     shutil.copy(prof, _out(tmp_path) / "fixture_usage_profile.json")
     slim = tmp_path / lib.name
-    r = slim_library(lib, slim, targets=[Target(*cap)], usage=usage)
+    r = slim_library(lib, slim, LibraryPolicy(targets=(Target(*cap),), usage=usage))
     assert r.report.problems == [] and r.unused_bytes > 0
     for mode in ("LAZY", "EAGER"):
         before, after = run(lib, "usage_run_a", mode), run(slim, "usage_run_a", mode)
@@ -108,7 +109,7 @@ def test_torch_workloads(tmp_path: Path) -> None:
         if ".so" not in path.name or not is_elf(path):
             continue
         usage = profile.for_library(file_sha256(path), path.name)
-        r = slim_library(path, path, targets=[Target(*cap)], usage=usage)
+        r = slim_library(path, path, LibraryPolicy(targets=(Target(*cap),), usage=usage))
         assert r.report.problems == []
         if r.plan.removed_elements:
             arch = r.plan.removed_bytes - r.unused_bytes

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from slimwheel.arch import Target
+from slimwheel.policy import LibraryPolicy
 from slimwheel.slim import slim_library
 from tests.gpu.conftest import gpu_capability
 
@@ -75,7 +76,7 @@ def test_slimmed_fixture_runs_identically(
 ) -> None:
     orig = fixture_libs[name]
     slim = tmp_path / orig.name
-    result = slim_library(orig, slim, targets=[target], compact=compact)
+    result = slim_library(orig, slim, LibraryPolicy(targets=(target,), compact=compact))
     assert result.report.problems == []
     if compact and name in ("big", "embedded"):
         assert result.holes >= 1 and result.file_bytes_after < result.file_bytes_before // 2

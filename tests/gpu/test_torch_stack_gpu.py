@@ -24,6 +24,7 @@ import pytest
 
 from slimwheel.arch import Target
 from slimwheel.elf import is_elf
+from slimwheel.policy import LibraryPolicy
 from slimwheel.slim import SlimResult, slim_library
 from tests.gpu.conftest import gpu_capability
 
@@ -40,7 +41,9 @@ def installed_site() -> Path:
 
 def _slim_one(job: tuple[str, int, int, bool]) -> dict[str, object]:
     path, major, minor, drop_lto = job
-    r: SlimResult = slim_library(path, path, targets=[Target(major, minor)], drop_lto=drop_lto)
+    r: SlimResult = slim_library(
+        path, path, LibraryPolicy(targets=(Target(major, minor),), drop_lto=drop_lto)
+    )
     return {
         "library": path,
         "before": r.file_bytes_before,

@@ -159,11 +159,12 @@ def test_uv_venv_cache_untouched(tmp_path: Path) -> None:
 def test_concurrent_runs_are_refused(tmp_path: Path) -> None:
     py, site = _venv(tmp_path)
     store = tmp_path / "store"
-    lock = store / "locks" / ("env-" + hashlib.sha256(bytes(site.resolve())).hexdigest())
-    lock.parent.mkdir(parents=True)
-    with open(lock, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    fd = os.open(site, os.O_RDONLY | os.O_DIRECTORY)  # the environment's own lock
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         r = _cli("slim-env", "--python", str(py), "--arch", "sm_90", "--store", str(store))
+    finally:
+        os.close(fd)
     assert r.returncode == 1 and "another slimwheel process" in r.stderr
     assert r.stderr.count("\n") == 1
 

@@ -16,6 +16,7 @@ from slimwheel.arch import parse_targets
 from slimwheel.cli import main
 from slimwheel.elf import ElfFile, open_elf
 from slimwheel.fatbin import Region, scan
+from slimwheel.policy import LibraryPolicy
 from slimwheel.slim import slim_library, verify_pair
 from tests.helpers import cuobjdump_listing, our_listing
 
@@ -58,7 +59,7 @@ def test_selection_per_target(
 ) -> None:
     orig = fixture_libs[name]
     out = tmp_path / "slim.so"
-    result = slim_library(orig, out, targets=parse_targets([targets]))
+    result = slim_library(orig, out, LibraryPolicy(targets=parse_targets([targets])))
     assert result.report.problems == []
     assert _kernel_region_arches(out) == EXPECTED[targets]
     assert readelf_warnings(out) <= readelf_warnings(orig)
@@ -69,7 +70,11 @@ def test_selection_per_target(
 
 def test_keep_ptx(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "slim.so"
-    slim_library(fixture_libs["many_none"], out, targets=parse_targets(["sm_90"]), keep_ptx=True)
+    slim_library(
+        fixture_libs["many_none"],
+        out,
+        LibraryPolicy(targets=parse_targets(["sm_90"]), keep_ptx=True),
+    )
     assert _kernel_region_arches(out) == {"sm_90a", "compute_120"}
 
 
@@ -77,7 +82,7 @@ def test_keep_ptx(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
 def test_compaction_and_structure(fixture_libs: dict[str, Path], tmp_path: Path, name: str) -> None:
     orig = fixture_libs[name]
     out = tmp_path / orig.name
-    r = slim_library(orig, out, targets=parse_targets(["sm_90"]))
+    r = slim_library(orig, out, LibraryPolicy(targets=parse_targets(["sm_90"])))
     assert r.report.problems == []
     assert out.stat().st_size == r.file_bytes_after
     if name in ("big", "embedded"):
@@ -113,7 +118,7 @@ def test_wrong_arch_regions_vanish_whole(fixture_libs: dict[str, Path], tmp_path
     """
     orig = fixture_libs["per_arch"]
     out = tmp_path / orig.name
-    r = slim_library(orig, out, targets=parse_targets(["sm_90"]))
+    r = slim_library(orig, out, LibraryPolicy(targets=parse_targets(["sm_90"])))
     assert r.report.problems == []
     with open_elf(orig) as elf:
         before = {g.vaddr: [e.arch_name for e in g.elements] for g in _rodata_regions(elf)}
@@ -127,30 +132,30 @@ def test_wrong_arch_regions_vanish_whole(fixture_libs: dict[str, Path], tmp_path
     # Verification notices a vanished region whose bytes are not all zero
     # (zeroed, not compacted, so the region's bytes are still in the file).
     zeroed = tmp_path / "zeroed.so"
-    slim_library(orig, zeroed, targets=parse_targets(["sm_90"]), compact=False)
+    slim_library(orig, zeroed, LibraryPolicy(targets=parse_targets(["sm_90"]), compact=False))
     vaddr = next(v for v, a in before.items() if a == ["sm_80"])
     with open_elf(zeroed) as elf:
         off = elf.vaddr_to_offset(vaddr)
     with open(zeroed, "r+b") as f:
         f.seek(off + 100)
         f.write(b"\x01")
-    problems = verify_pair(orig, zeroed, targets=parse_targets(["sm_90"])).problems
+    problems = verify_pair(orig, zeroed, LibraryPolicy(targets=parse_targets(["sm_90"]))).problems
     assert any("are not zero" in p for p in problems), problems
 
 
 def test_no_compact_keeps_size_and_zeroes(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
     orig = fixture_libs["big"]
     out = tmp_path / "zeroed.so"
-    r = slim_library(orig, out, targets=parse_targets(["sm_90"]), compact=False)
+    r = slim_library(orig, out, LibraryPolicy(targets=parse_targets(["sm_90"]), compact=False))
     assert out.stat().st_size == orig.stat().st_size and r.holes == 0
     assert r.report.problems == []
-    assert verify_pair(orig, out, targets=parse_targets(["sm_90"])).problems == []
+    assert verify_pair(orig, out, LibraryPolicy(targets=parse_targets(["sm_90"]))).problems == []
 
 
 def test_verify_catches_a_changed_byte(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
     orig = fixture_libs["big"]
     out = tmp_path / "slim.so"
-    slim_library(orig, out, targets=parse_targets(["sm_90"]))
+    slim_library(orig, out, LibraryPolicy(targets=parse_targets(["sm_90"])))
     data = bytearray(out.read_bytes())
     with open_elf(out) as elf:
         text = next(s for s in elf.sections if s.name == ".text")
@@ -158,12 +163,12 @@ def test_verify_catches_a_changed_byte(fixture_libs: dict[str, Path], tmp_path: 
     data[text.offset + 100] ^= 0xFF
     bad = tmp_path / "bad.so"
     bad.write_bytes(bytes(data))
-    problems = verify_pair(orig, bad, targets=parse_targets(["sm_90"])).problems
+    problems = verify_pair(orig, bad, LibraryPolicy(targets=parse_targets(["sm_90"]))).problems
     assert any("loaded bytes differ" in p for p in problems)
     data[text.offset + 100] ^= 0xFF
     data[el.payload_offset + 64] ^= 0x01
     bad.write_bytes(bytes(data))
-    problems = verify_pair(orig, bad, targets=parse_targets(["sm_90"])).problems
+    problems = verify_pair(orig, bad, LibraryPolicy(targets=parse_targets(["sm_90"]))).problems
     assert any("changed" in p for p in problems)
 
 
@@ -234,7 +239,7 @@ def test_symtab_follows_moved_regions(
     fixture_libs: dict[str, Path], tmp_path: Path, name: str
 ) -> None:
     out = tmp_path / "slim.so"
-    slim_library(fixture_libs[name], out, targets=parse_targets(["sm_90"]))
+    slim_library(fixture_libs[name], out, LibraryPolicy(targets=parse_targets(["sm_90"])))
     with open_elf(out) as elf:
         starts = {r.vaddr for r in scan(elf).regions}
         symtab = next(s for s in elf.sections if s.name == ".symtab")

@@ -17,6 +17,7 @@ import pytest
 from slimwheel.arch import parse_targets
 from slimwheel.elf import is_elf, open_elf
 from slimwheel.fatbin import scan
+from slimwheel.policy import LibraryPolicy
 from slimwheel.slim import slim_library
 from tests.helpers import cuobjdump_listing, our_listing, stack_site
 
@@ -51,7 +52,7 @@ def _check(orig: Path, out: Path) -> None:
 
 def test_curand_aarch64(curand_aarch64_lib: Path, tmp_path: Path) -> None:
     out = tmp_path / "libcurand.so.10"
-    r = slim_library(curand_aarch64_lib, out, targets=SM90)
+    r = slim_library(curand_aarch64_lib, out, LibraryPolicy(targets=SM90))
     assert r.report.problems == [] and r.holes >= 1
     with open_elf(out) as elf:
         assert elf.machine_name == "aarch64"
@@ -78,7 +79,7 @@ def test_whole_stack(tmp_path: Path) -> None:
         if not has_code:
             os.link(lib, out)  # dependencies, so the slim tree loads as a whole
             continue
-        r = slim_library(lib, out, targets=SM90)
+        r = slim_library(lib, out, LibraryPolicy(targets=SM90))
         assert r.report.problems == [], lib
         _check(lib, out)
         rows.append((str(lib.relative_to(site)), r.plan.removed_bytes, r.saved, r.loads_after))
@@ -121,8 +122,8 @@ def test_cufft_lto_ir_kept_unless_dropped(tmp_path: Path) -> None:
             return sum(e.size for _, e in scan(elf).elements if e.kind_label == "lto-ir")
 
     assert lto_bytes(lib) > 100_000_000
-    kept = slim_library(lib, tmp_path / "kept.so", targets=SM90)
-    dropped = slim_library(lib, tmp_path / "dropped.so", targets=SM90, drop_lto=True)
+    kept = slim_library(lib, tmp_path / "kept.so", LibraryPolicy(targets=SM90))
+    dropped = slim_library(lib, tmp_path / "dropped.so", LibraryPolicy(targets=SM90, drop_lto=True))
     assert kept.report.problems == [] and dropped.report.problems == []
     assert lto_bytes(tmp_path / "kept.so") == lto_bytes(lib)
     assert lto_bytes(tmp_path / "dropped.so") == 0

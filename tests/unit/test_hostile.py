@@ -15,6 +15,7 @@ from slimwheel.elf import ElfFile
 from slimwheel.errors import SlimwheelError
 from slimwheel.fatbin import scan
 from slimwheel.inventory import scan_library
+from slimwheel.policy import SlimPolicy
 
 # Memory one scan of a ~1 MB fixture may take, decompression included.
 PEAK_LIMIT = 64 << 20
@@ -51,7 +52,7 @@ def _run(path: Path) -> None:
     tracemalloc.start()
     t0 = time.monotonic()
     try:
-        scan_library(path, targets=parse_targets(["sm_90"]), kernels=True)
+        scan_library(path, policy=SlimPolicy(targets=parse_targets(["sm_90"])), kernels=True)
     except SlimwheelError as exc:
         assert str(exc).startswith(str(path)) or str(path) in str(exc)
         assert "\n" not in str(exc)

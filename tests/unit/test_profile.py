@@ -16,6 +16,7 @@ from slimwheel.arch import parse_targets
 from slimwheel.cli import main
 from slimwheel.elf import open_elf
 from slimwheel.fatbin import scan
+from slimwheel.policy import LibraryPolicy
 from slimwheel.profile import LibraryUsage, Profile, build_recorder, collect, load_profile, merge
 from slimwheel.slim import slim_library
 from slimwheel.store import Store, file_sha256
@@ -97,7 +98,7 @@ def test_profile_slims_unused_units(fixture_libs: dict[str, Path], tmp_path: Pat
     usage = profile.for_library(file_sha256(lib), lib.name)
     assert usage is not None
     out = tmp_path / "slim.so"
-    r = slim_library(lib, out, targets=parse_targets(["sm_90"]), usage=usage)
+    r = slim_library(lib, out, LibraryPolicy(targets=parse_targets(["sm_90"]), usage=usage))
     assert r.report.problems == []
     kept = _regions(out)
     assert set(kept) == {"usage_kA", "usage_kC"}, "kB's unit is not used; kC's variable is"
@@ -292,7 +293,7 @@ def test_unattributed_launches_keep_their_kernels(
     usage = profile.for_library(file_sha256(lib), lib.name)
     assert usage is not None and "usage_kB" in usage.needed_kernels
     out = tmp_path / "slim.so"
-    slim_library(lib, out, targets=parse_targets(["sm_90"]), usage=usage)
+    slim_library(lib, out, LibraryPolicy(targets=parse_targets(["sm_90"]), usage=usage))
     assert set(_regions(out)) == {"usage_kA", "usage_kB", "usage_kC"}
 
 
