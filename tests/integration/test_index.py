@@ -274,3 +274,24 @@ def test_variants_are_experimental_and_separate(
         if "sm90" in str(a["href"])
     ]
     assert str(link["href"]).startswith("../../files/")
+
+
+def test_variant_wheels_follow_source_date_epoch(
+    fixture_libs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Variant wheels come from the one wheel writer: SOURCE_DATE_EPOCH, same bytes twice."""
+    import time
+    import zipfile
+
+    site = _site(tmp_path, fixture_libs)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    sources = [str(tmp_path / "sm_80"), str(tmp_path / "sm_90")]
+    assert main(["index", *sources, "-o", str(site), "--variants"]) == 0
+    wheel = site / "variants/files/demo_gpu-1.0-py3-none-linux_x86_64-sm90.whl"
+    first = wheel.read_bytes()
+    stamp = time.gmtime(1700000000)[:5]
+    with zipfile.ZipFile(wheel) as zf:
+        assert {i.date_time[:5] for i in zf.infolist()} == {stamp}
+    again = tmp_path / "again"
+    assert main(["index", *sources, "-o", str(again), "--variants"]) == 0
+    assert (again / wheel.relative_to(site)).read_bytes() == first
