@@ -113,26 +113,20 @@ class SlimPolicy:
     profile_by_name: bool = False  # --profile-match name
     compact: bool = True
     min_hole: int = DEFAULT_MIN_HOLE
-    _profile_digest: list[str | None] = field(default_factory=list, compare=False, repr=False)
+    #: The digest of the whole profile (derived once, at construction).
+    profile_digest: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "leave_sections", tuple(sorted(set(self.leave_sections))))
         object.__setattr__(self, "targets", tuple(sorted(set(self.targets))))
+        if self.profile is not None:
+            digest = _digest(self.profile.to_json()["libraries"])
+            object.__setattr__(self, "profile_digest", digest)
 
     @property
     def needs_hash(self) -> bool:
         """Whether :meth:`for_library` needs the library's SHA-256 (a profile matches by it)."""
         return self.profile is not None
-
-    @property
-    def profile_digest(self) -> str | None:
-        """The digest of the whole profile (computed once)."""
-        if not self._profile_digest:
-            digest = None
-            if self.profile is not None:
-                digest = _digest(self.profile.to_json()["libraries"])
-            self._profile_digest.append(digest)
-        return self._profile_digest[0]
 
     def for_library(self, name: str, sha256: str | None = None) -> LibraryPolicy:
         """The slimmer's inputs for the library file ``name`` with content ``sha256``."""

@@ -96,6 +96,12 @@ class Entry:
     def sha256(self) -> str:
         return str(self.meta["sha256"])
 
+    @property
+    def disk_bytes(self) -> int:
+        """The library and its derived forms."""
+        derived = self.meta.get("derived", {})
+        return self.size + sum(int(d.get("size", 0)) for d in derived.values())
+
 
 #: A derived form's maker: (library, destination) -> what to record of it.
 Derive = Callable[[Path, Path], dict[str, Any]]
@@ -338,13 +344,13 @@ class Store:
     def prune(self, max_size: int) -> list[Entry]:
         """Remove least recently used entries until the store fits ``max_size``."""
         entries = sorted(self.entries(), key=lambda e: _last_used(e))
-        total = sum(e.size for e in entries)
+        total = sum(e.disk_bytes for e in entries)
         removed = []
         for e in entries:
             if total <= max_size:
                 break
             self.remove(e.key)
-            total -= e.size
+            total -= e.disk_bytes
             removed.append(e)
         return removed
 

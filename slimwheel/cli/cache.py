@@ -1,4 +1,4 @@
-"""``slimwheel cache info | list | prune --max-size SIZE | clear``: the store of slim libraries."""
+"""``slimwheel cache info | list | verify | prune --max-size SIZE | clear``: the store."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def execute(args: argparse.Namespace) -> int:
     if args.action == "info":
         entries = store.entries()
         print(f"store: {store.root}")
-        print(f"entries: {len(entries)}, {human(sum(e.size for e in entries))}")
+        print(f"entries: {len(entries)}, {human(sum(e.disk_bytes for e in entries))}")
     elif args.action == "list":
         for e in store.entries():
             print(f"{e.key}  {human(e.size):>10}  sha256 {e.meta['sha256'][:16]}")
@@ -43,7 +43,7 @@ def execute(args: argparse.Namespace) -> int:
         return 1 if bad else 0
     elif args.action == "prune":
         removed = store.prune(args.max_size)
-        print(f"removed {len(removed)} entries ({human(sum(e.size for e in removed))})")
+        print(f"removed {len(removed)} entries ({human(sum(e.disk_bytes for e in removed))})")
     else:
         print(f"removed {store.clear()} entries")
     return 0
