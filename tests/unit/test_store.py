@@ -63,7 +63,9 @@ def test_lookup_trusts_identity_and_rehashes_when_it_changes(
     assert rebuilt and again.path.read_bytes() == b"x" * 1000
 
 
-def test_verify_finds_what_identity_cannot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_finds_what_identity_cannot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = Store(tmp_path / "s")
     good, _ = store.get_or_build("aa" * 32, _make(b"good" * 100))
     bad, _ = store.get_or_build("bb" * 32, _make(b"bad!" * 100))
