@@ -6,7 +6,7 @@ updated (sha256, size) for the changed files, ``info/index.json`` unchanged
 but for a build-string suffix naming the targets (``cuda130_0`` ->
 ``cuda130_0_sm90``, so a solver can tell the builds apart; optional), a
 provenance file ``info/slimwheel.json``. Packages without device code are
-copied through. Every package is built into a staging directory first; the
+copied through. The caller stages the output directory (``write.staged``): the
 outputs appear in ``-o`` only once all of them are built.
 """
 
@@ -16,7 +16,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -54,9 +53,9 @@ def _replace_file(path: Path, src: str) -> None:
 
 
 def build_package(
-    path: str, staging: str, opts: BuildOptions, store_root: str, suffix: str
+    path: str, outdir: str, opts: BuildOptions, store_root: str, suffix: str
 ) -> BuildResult:
-    """Slim one package into ``staging``; the result names the staged file."""
+    """Slim one package into ``outdir``."""
     store = Store(store_root)
     with store.tempdir("conda-") as tmp:
         root = tmp / "pkg"
@@ -82,7 +81,7 @@ def build_package(
         size = os.path.getsize(path)
         slim = {lib.member: lib for lib in libs if lib.has_code}
         if not slim:
-            dest = os.path.join(staging, pkg.filename)
+            dest = os.path.join(outdir, pkg.filename)
             with atomic_output(dest, mode=0o644) as out, open(path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
             return BuildResult(
@@ -92,7 +91,7 @@ def build_package(
             _replace_file(root / member, lib.store_path)
         members = _rewrite_info(root, pkg, slim, opts, suffix)
         new_build = pkg.build + suffix
-        dest = os.path.join(staging, f"{pkg.name}-{pkg.version}-{new_build}{pkg.format}")
+        dest = os.path.join(outdir, f"{pkg.name}-{pkg.version}-{new_build}{pkg.format}")
         pack(root, members, dest, pkg.format)
         installed_after = sum(
             (root / (m.target if m.kind == "hardlink" else m.path)).stat().st_size
@@ -153,7 +152,7 @@ def _rewrite_info(
 def build_packages(
     packages: Sequence[str], outdir: str, opts: BuildOptions, store: Store, *, suffix: str
 ) -> list[BuildResult]:
-    """Build every package; outputs appear in ``outdir`` only when all are built."""
+    """Build every package into ``outdir`` (the caller stages it: ``write.staged``)."""
     os.makedirs(outdir, exist_ok=True)
     names: dict[str, str] = {}
     for p in packages:
@@ -161,24 +160,12 @@ def build_packages(
         if base in names and file_sha256(names[base]) != file_sha256(p):
             raise InputError(f"two different packages named {base}: {names[base]} and {p}")
         names.setdefault(base, p)
-    staging = tempfile.mkdtemp(prefix=".slimwheel-staging-", dir=outdir)
-    try:
-        with worker_pool(opts.jobs) as run:
-            got = run(
-                build_package,
-                [
-                    (p, staging, replace(opts, jobs=1), str(store.root), suffix)
-                    for p in names.values()
-                ],
-            )
-        problems = [str(g) for g in got if isinstance(g, SlimwheelError)]
-        if problems:
-            raise InputError(" | ".join(problems))
-        results: list[BuildResult] = []
-        for r in got:
-            final = os.path.join(outdir, os.path.basename(r.output))
-            os.replace(r.output, final)
-            results.append(replace(r, output=final))
-        return results
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with worker_pool(opts.jobs) as run:
+        got = run(
+            build_package,
+            [(p, outdir, replace(opts, jobs=1), str(store.root), suffix) for p in names.values()],
+        )
+    problems = [str(g) for g in got if isinstance(g, SlimwheelError)]
+    if problems:
+        raise InputError(" | ".join(problems))
+    return list(got)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .build import PROVENANCE
-from .condapkg import CondaPackageError, package_format, read_info, stem_of
+from .condapkg import MAX_INFO_BYTES, CondaPackageError, package_format, read_info, stem_of
+from .files import parse_json
 from .index import Contents, FileContent, PublishError, collect, provenance_targets, write_site
 
 NOARCH = "noarch"
@@ -59,12 +60,9 @@ def read_package(path: Path) -> IndexedPackage:
     where = str(path)
     prov_name = f"info/{PROVENANCE}"
     info = read_info(path, ("info/index.json", prov_name))
-    try:
-        index = json.loads(info["info/index.json"])
-    except KeyError:
-        raise CondaPackageError("no info/index.json", path=where) from None
-    except ValueError as exc:
-        raise CondaPackageError(f"info/index.json: not JSON ({exc})", path=where) from None
+    if "info/index.json" not in info:
+        raise CondaPackageError("no info/index.json", path=where)
+    index = parse_json(info["info/index.json"], f"{where}:info/index.json", limit=MAX_INFO_BYTES)
     if not isinstance(index, dict) or not all(
         isinstance(index.get(k), str) and index[k] for k in ("name", "version", "build")
     ):
@@ -79,10 +77,11 @@ def read_package(path: Path) -> IndexedPackage:
         raise CondaPackageError(f"info/index.json: bad subdir {subdir!r}", path=where)
     targets = None
     if prov_name in info:
+        prov = parse_json(info[prov_name], f"{where}:{prov_name}", limit=MAX_INFO_BYTES)
         try:
-            prov = json.loads(info[prov_name])
-            targets = provenance_targets(prov["targets"], where) if prov["libraries"] else None
-        except (ValueError, KeyError, TypeError) as exc:
+            if prov["libraries"]:  # type: ignore[index]
+                targets = provenance_targets(prov["targets"], where)  # type: ignore[index]
+        except (KeyError, TypeError) as exc:
             raise PublishError(f"unreadable {prov_name} ({exc})", path=where) from None
     md5, sha = _digests(path)
     record = dict(index)

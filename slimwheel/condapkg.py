@@ -36,6 +36,7 @@ from typing import IO, Any
 import zstandard
 
 from .errors import InputError
+from .files import open_regular, parse_json, read_json
 from .write import atomic_output
 
 CONDA = ".conda"
@@ -112,25 +113,44 @@ def stem_of(path: str | os.PathLike[str]) -> str:
 # -- reading ------------------------------------------------------------------
 
 
+#: What a package may unpack to: far above real packages (a few times their
+#: archive), far below what a small crafted one could claim.
+MAX_MEMBERS = 1_000_000
+MIN_UNPACKED_CAP = 1 << 30
+MAX_UNPACK_RATIO = 100
+
+
+def unpacked_cap(archive_bytes: int) -> int:
+    """The most bytes a package of this size may unpack to (tar headers included)."""
+    return max(MIN_UNPACKED_CAP, MAX_UNPACK_RATIO * archive_bytes)
+
+
 def _tar_streams(path: Path, fmt: str) -> Iterator[tuple[str, tarfile.TarFile]]:
     """(component, tar stream) of each part: "pkg" and "info" (.conda) or "all"."""
+    with open_regular(path) as archive:
+        yield from _tar_streams_of(archive, path, fmt)
+
+
+def _tar_streams_of(
+    archive: IO[bytes], path: Path, fmt: str
+) -> Iterator[tuple[str, tarfile.TarFile]]:
     where = str(path)
     if fmt == TAR_BZ2:
-        with tarfile.open(path, mode="r|bz2") as tf:
+        with tarfile.open(fileobj=archive, mode="r|bz2") as tf:
             yield "all", tf
         return
     stem = stem_of(path)
-    with zipfile.ZipFile(path) as zf:
+    with zipfile.ZipFile(archive) as zf:
         names = [i.filename for i in zf.infolist()]
         expected = {"metadata.json", f"pkg-{stem}.tar.zst", f"info-{stem}.tar.zst"}
         if len(names) != len(set(names)) or set(names) != expected:
             raise CondaPackageError(
                 f"members {sorted(names)} are not {sorted(expected)}", path=where
             )
-        try:
-            meta = json.loads(zf.read("metadata.json"))
-        except ValueError as exc:
-            raise CondaPackageError(f"metadata.json: not JSON ({exc})", path=where) from None
+        with zf.open("metadata.json") as f:
+            meta = parse_json(
+                f.read(MAX_INFO_BYTES + 1), f"{where}:metadata.json", limit=MAX_INFO_BYTES
+            )
         if not isinstance(meta, dict) or meta.get("conda_pkg_format_version") != 2:
             raise CondaPackageError("metadata.json: not conda package format 2", path=where)
         for component in ("pkg", "info"):
@@ -163,10 +183,20 @@ def _walk(
     if fmt is None:
         raise CondaPackageError("not a .conda or .tar.bz2 file", path=where)
     with _reading(where):
+        cap = unpacked_cap(os.stat(src).st_size)
+        count = 0
         for part, tf in _tar_streams(src, fmt):
             if info_only and part == "pkg":
                 continue
             for ti in tf:
+                count += 1
+                if count > MAX_MEMBERS:
+                    raise CondaPackageError(f"more than {MAX_MEMBERS} members", path=where)
+                if ti.offset_data + ti.size > cap:
+                    raise CondaPackageError(
+                        f"unpacks to more than {cap} bytes (the cap for a package of its size)",
+                        path=where,
+                    )
                 yield part, _check_name(ti.name, where), ti, tf
 
 
@@ -288,9 +318,9 @@ def _json_member(dest: Path, members: dict[str, Member], name: str, where: str) 
     if m is None or m.kind != "file":
         raise CondaPackageError(f"no {name}", path=where)
     try:
-        doc = json.loads((dest / name).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CondaPackageError(f"{name}: not JSON ({exc})", path=where) from None
+        doc = read_json(dest / name, limit=MAX_INFO_BYTES)
+    except InputError as exc:
+        raise CondaPackageError(f"{name}: {exc.message}", path=where) from None
     if not isinstance(doc, dict):
         raise CondaPackageError(f"{name}: not a JSON object", path=where)
     return doc

@@ -51,7 +51,7 @@ def _space(section_name: str) -> str | None:
     return None
 
 
-def read_cubin(data: bytes, name: str = "<cubin>") -> ModuleSymbols:
+def read_cubin(data: bytes | bytearray, name: str = "<cubin>") -> ModuleSymbols:
     """Kernels and device variables of a cubin image."""
     try:
         elf = ElfFile(data, name)
@@ -83,16 +83,18 @@ def _var_key(v: DeviceVariable) -> tuple[str, str]:
     return (v.name, v.space)
 
 
-_PTX_ENTRY = re.compile(rb"^\s*(?:\.(?:visible|weak)\s+)*\.entry\s+([A-Za-z_$%][\w$%.]*)", re.M)
+# Line starts are matched with [ \t]*, never \s*: \s* would run on through
+# every following blank line at each line start (quadratic in blank lines).
+_PTX_ENTRY = re.compile(rb"^[ \t]*(?:\.(?:visible|weak)\s+)*\.entry\s+([A-Za-z_$%][\w$%.]*)", re.M)
 _PTX_VAR = re.compile(
-    rb"^\s*(?:\.(?:visible|weak|common)\s+)*\.(global|const)\s+"
+    rb"^[ \t]*(?:\.(?:visible|weak|common)\s+)*\.(global|const)\s+"
     rb"(?:\.(?:align|attribute)\s*(?:\d+|\([^)]*\))\s+)*(?:\.v\d\s+)?\.\w+\s+"
     rb"([A-Za-z_$%][\w$%.]*)",
     re.M,
 )
 
 
-def read_ptx(data: bytes) -> ModuleSymbols:
+def read_ptx(data: bytes | bytearray) -> ModuleSymbols:
     """Kernels and defined module-scope variables of a PTX text."""
     kernels = sorted({m.group(1).decode() for m in _PTX_ENTRY.finditer(data)})
     variables = {

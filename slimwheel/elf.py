@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
-from .errors import ElfError
+from .errors import ElfError, SlimwheelError
+from .files import open_regular
 
-Buffer = bytes | mmap.mmap
+Buffer = bytes | bytearray | mmap.mmap
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -504,9 +505,9 @@ def is_elf(path: str | os.PathLike[str]) -> bool:
 def map_file(path: str | os.PathLike[str]) -> Iterator[Buffer]:
     """Map a file read-only; empty files give ``b""`` (mmap refuses them)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed by the with below)
-    except OSError as exc:
-        raise ElfError(exc.strerror or str(exc), path=os.fspath(path)) from None
+        f = open_regular(path)
+    except SlimwheelError as exc:
+        raise ElfError(exc.message, path=os.fspath(path)) from None
     with f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:

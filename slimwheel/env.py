@@ -23,22 +23,26 @@ import fcntl
 import io
 import json
 import os
+import posixpath
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 from .cached import on_disk, slim_through_store
 from .elf import ElfFile, is_elf, map_file
 from .errors import InputError
 from .fatbin import scan
+from .files import describe_oserror, open_regular, read_json
 from .policy import SlimPolicy
 from .slim import make_plan
 from .store import Store, file_sha256
 from .wheel import record_hash
-from .write import atomic_output
+from .write import atomic_output, clean_debris
 
 STATE_FILE = ".slimwheel-env.json"
 STATE_VERSION = 1
@@ -109,27 +113,37 @@ class PipRecords:
         self.root = root
 
     def files(self) -> Iterator[tuple[str, str]]:
-        """(owner: the .dist-info directory, path relative to root)."""
+        """(owner: the .dist-info directory, path relative to root) of files inside root.
+
+        RECORD is untrusted: a path must be in normal form (pip writes no
+        other); one that leaves site-packages (``../../../bin/x``) is another
+        directory's file and is not a candidate.
+        """
         for info in sorted(self.root.glob("*.dist-info")):
             record = info / "RECORD"
             if not record.is_file():
                 continue
-            text = record.read_text(encoding="utf-8", errors="replace")
-            for row in csv.reader(io.StringIO(text)):
-                if not row or row[0].startswith(("..", "/")) or "__pycache__" in row[0]:
-                    continue
-                yield info.name, row[0]
+            for path in _record_paths(record):
+                inside = inside_root(path, record)
+                if inside is not None and "__pycache__" not in inside:
+                    yield info.name, inside
 
     def _lines(self, owner: str) -> tuple[Path, list[str]]:
         record = self.root / owner / "RECORD"
-        return record, record.read_bytes().decode("utf-8").splitlines(keepends=True)
+        return record, _record_text(record).splitlines(keepends=True)
 
     def _find(self, owner: str, path: str, lines: list[str]) -> int:
         for i, text in enumerate(lines):
-            fields = next(csv.reader([text.rstrip("\r\n")]), [])
+            try:
+                fields = next(csv.reader([text.rstrip("\r\n")]), [])
+            except csv.Error:
+                continue
             if fields and fields[0] == path:
                 return i
         raise EnvError(f"{owner}/RECORD does not list {path}", path=str(self.root))
+
+    def owner_dir(self, owner: str) -> Path:
+        return self.root / owner
 
     def snapshot(self, owner: str, path: str) -> str:
         """The line as the installer wrote it, to put back on restore."""
@@ -172,15 +186,22 @@ class CondaRecords:
 
     def files(self) -> Iterator[tuple[str, str]]:
         for meta in sorted((self.root / "conda-meta").glob("*.json")):
+            doc = _conda_record(meta)
             try:
-                doc = json.loads(meta.read_text())
-                for entry in doc.get("paths_data", {}).get("paths", []):
-                    yield meta.name, str(entry["_path"])
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                paths = [str(e["_path"]) for e in doc.get("paths_data", {}).get("paths", [])]
+            except (KeyError, TypeError, AttributeError) as exc:
                 raise EnvError(f"unreadable conda record ({exc})", path=str(meta)) from None
+            for path in paths:
+                inside = inside_root(path, meta)
+                if inside is None:  # conda never records a path outside its prefix
+                    raise EnvError(f"_path {path!r} lies outside the prefix", path=str(meta))
+                yield meta.name, inside
 
     def _meta(self, owner: str) -> Path:
         return self.root / "conda-meta" / owner
+
+    def owner_dir(self, owner: str) -> Path:
+        return self.root / "conda-meta"
 
     def snapshot(self, owner: str, path: str) -> str:
         meta = self._meta(owner)
@@ -190,7 +211,7 @@ class CondaRecords:
 
     def _edit(self, owner: str, path: str, sha256: str, size: int) -> None:
         meta = self._meta(owner)
-        doc = json.loads(meta.read_text())
+        doc = _conda_record(meta)
         for entry in doc["paths_data"]["paths"]:
             if entry["_path"] == path:
                 entry["sha256"] = sha256
@@ -217,7 +238,7 @@ class CondaRecords:
             ):
                 shutil.copyfileobj(src, f)
             return
-        doc = json.loads(original.read_text())
+        doc = _conda_record(original)
         for entry in doc["paths_data"]["paths"]:
             if entry["_path"] == path:
                 self._edit(owner, path, entry["sha256"], int(entry["size_in_bytes"]))
@@ -229,6 +250,56 @@ class CondaRecords:
 
 
 Records = PipRecords | CondaRecords
+
+#: Far above any real record (torch's RECORD is ~2 MB; conda-meta files of big
+#: packages a few MB).
+MAX_RECORD_BYTES = 64 << 20
+
+
+def inside_root(path: str, where: Path) -> str | None:
+    """``path`` (relative, from a record) if it stays inside the root; None if it leaves it.
+
+    A path not in normal form (``a/../b``, ``a//b``, ``./a``) is refused: no
+    installer writes one, and it is how a record would point elsewhere.
+    """
+    if not path or "\0" in path or "\\" in path:
+        raise EnvError(f"record path {path[:200]!r} is not a file path", path=str(where))
+    if path.startswith("/"):
+        return None
+    norm = posixpath.normpath(path)
+    if norm != path:
+        raise EnvError(f"record path {path[:200]!r} is not in normal form", path=str(where))
+    if norm == ".." or norm.startswith("../"):
+        return None
+    return norm
+
+
+def _record_text(record: Path) -> str:
+    try:
+        with open_regular(record) as f:
+            data = f.read(MAX_RECORD_BYTES + 1)
+    except OSError as exc:
+        raise EnvError(describe_oserror(exc), path=str(record)) from None
+    if len(data) > MAX_RECORD_BYTES:
+        raise EnvError(f"larger than {MAX_RECORD_BYTES} bytes", path=str(record))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EnvError("not UTF-8 text", path=str(record)) from None
+
+
+def _record_paths(record: Path) -> list[str]:
+    try:
+        return [row[0] for row in csv.reader(io.StringIO(_record_text(record))) if row]
+    except csv.Error as exc:
+        raise EnvError(f"malformed RECORD ({exc})", path=str(record)) from None
+
+
+def _conda_record(meta: Path) -> dict[str, Any]:
+    doc = read_json(meta, limit=MAX_RECORD_BYTES)
+    if not isinstance(doc, dict):
+        raise EnvError("not a JSON object", path=str(meta))
+    return doc
 
 
 # -- the environment ------------------------------------------------------------
@@ -243,17 +314,29 @@ class Environment:
         self.records: Records = CondaRecords(root, store) if conda else PipRecords(root)
         self.state_path = root / STATE_FILE
         self.entries: dict[str, Replaced] = {}
+        self.real_site = os.path.realpath(root)
 
     # state file
     def load(self) -> None:
         if not self.state_path.exists():
             self.entries = {}
             return
+        doc = read_json(self.state_path, limit=MAX_RECORD_BYTES)
         try:
-            doc = json.loads(self.state_path.read_text())
-            self.entries = {e["path"]: Replaced(**e) for e in doc["replaced"]}
-        except (ValueError, KeyError, TypeError) as exc:
+            entries = [Replaced(**e) for e in doc["replaced"]]  # type: ignore[index]
+        except (KeyError, TypeError) as exc:
             raise EnvError(f"unreadable state file ({exc})", path=str(self.state_path)) from None
+        for e in entries:
+            owner_ok = isinstance(e.dist_info, str) and e.dist_info.endswith(
+                (".dist-info", ".json")
+            )
+            if not owner_ok or "/" in e.dist_info or e.dist_info.startswith("."):
+                raise EnvError(f"record {e.dist_info!r} is not one", path=str(self.state_path))
+            if not isinstance(e.path, str) or inside_root(e.path, self.state_path) is None:
+                raise EnvError(
+                    f"path {e.path!r} outside the environment", path=str(self.state_path)
+                )
+        self.entries = {e.path: e for e in entries}
 
     def save(self) -> None:
         doc = {
@@ -287,10 +370,62 @@ class Environment:
                     path=str(self.site),
                 ) from None
             self.load()
+            self.clean()
             self.reconcile()
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def preflight(self, todo: Sequence[tuple[str, str]]) -> None:
+        """Check, before the first replacement, that every write the run needs can
+        be made: beside each library, beside its records, beside the state file."""
+        dirs = {self.site}
+        for owner, rel in todo:
+            dirs.add((self.site / rel).parent)
+            dirs.add(self.records.owner_dir(owner))
+        for d in sorted(dirs):
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".slimwheel-", suffix=".tmp", dir=d)
+                os.close(fd)
+                os.unlink(tmp)
+            except OSError as exc:
+                raise EnvError(
+                    f"cannot write in {d} ({describe_oserror(exc)}); nothing was changed",
+                    path=str(self.site),
+                ) from None
+
+    def roll_back(self, rel: str, exc: BaseException) -> NoReturn:
+        """A replacement failed half-way: the original back in place (from the store),
+        its records as the installer wrote them, then one error."""
+        e = self.entries[rel]
+        path = self.site / rel
+        original = self.store.original(e.original_sha256) if e.backup else None
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if original is None:  # the next run reconciles the pending entry
+            raise EnvError(f"{rel}: replacing it failed ({detail})", path=str(self.site))
+        try:
+            if path.is_file() and file_sha256(path) != e.original_sha256:
+                with (
+                    atomic_output(path, mode=path.stat().st_mode) as out,
+                    open(original, "rb") as f,
+                ):
+                    shutil.copyfileobj(f, out, 1 << 20)
+            self.put_back(e)
+            self.save()
+        except (OSError, InputError):
+            pass  # still pending: the next run reconciles from what is on disk
+        raise EnvError(
+            f"{rel}: replacing it failed ({detail}); it was put back", path=str(self.site)
+        )
+
+    def clean(self) -> None:
+        """Remove the temporary files dead runs left beside what they were replacing:
+        libraries (each replacement is in the state before its file is written),
+        the records, the state file."""
+        dirs = {self.site} | {(self.site / e.path).parent for e in self.entries.values()}
+        dirs |= {self.records.owner_dir(e.dist_info) for e in self.entries.values()}
+        for d in sorted(dirs):
+            clean_debris(d)
 
     def reconcile(self) -> None:
         """Make the state, the files and RECORD agree after any interruption."""
@@ -334,6 +469,12 @@ class Environment:
             p = self.site / rel
             if ".so" not in p.name or p.is_symlink() or not p.is_file() or not is_elf(p):
                 continue
+            real = os.path.realpath(p)
+            if os.path.commonpath([real, self.real_site]) != self.real_site:
+                raise EnvError(
+                    f"{rel} resolves to {real}, outside the environment (a linked directory)",
+                    path=str(self.site),
+                )
             with map_file(p) as buf:
                 if not scan(ElfFile(buf, str(p))).regions:
                     continue
@@ -365,7 +506,10 @@ def slim_env(
     changes = []
     names = [t.name for t in policy.targets]
     with env.locked():
-        for dist_info, rel in env.candidates(only):
+        candidates = env.candidates(only)
+        if not dry_run:
+            env.preflight([(o, r) for o, r in candidates if r not in env.entries])
+        for dist_info, rel in candidates:
             path = site / rel
             size = path.stat().st_size
             existing = env.entries.get(rel)
@@ -409,10 +553,13 @@ def slim_env(
             )
             env.save()
             _crash_point("pending")
-            with atomic_output(path, mode=mode) as out, open(got.store_path, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-            _crash_point("replaced")
-            env.records.update(dist_info, rel, got.sha256_after, got.bytes_after)
+            try:
+                with atomic_output(path, mode=mode) as out, open(got.store_path, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                _crash_point("replaced")
+                env.records.update(dist_info, rel, got.sha256_after, got.bytes_after)
+            except (OSError, InputError) as exc:
+                env.roll_back(rel, exc)
             _crash_point("recorded")
             env.entries[rel].state = "done"
             env.save()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import io
+import itertools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ WRAPPER_SIZE = _WRAPPER.size  # 24
 MAX_UNCOMPRESSED = 1 << 30
 #: An LZ4 block cannot expand more than ~255x; a larger claim is corrupt.
 LZ4_MAX_RATIO = 255
+#: Real elements compress up to ~210:1 (libtorch_cuda.so); zstd can claim far more.
+MAX_RATIO = 4096
+#: All elements of a library decompressed: real libraries reach ~19x their file size.
+BUDGET_RATIO = 64
+MIN_DECOMPRESSION_BUDGET = 256 << 20
 
 #: Sections that hold nothing but fatbin regions (and zero padding).
 DEDICATED_SECTIONS = (".nv_fatbin", "__nv_relfatbin")
@@ -434,6 +440,16 @@ def candidate_sections(elf: ElfFile) -> list[Section]:
             continue
         if s.name in DEDICATED_SECTIONS or not (s.flags & SHF.EXECINSTR):
             out.append(s)
+    # No linker writes two data sections over the same bytes; a file that does
+    # would have every region found (and edited) twice.
+    by_offset = sorted(out, key=lambda s: (s.offset, s.size))
+    for a, b in itertools.pairwise(by_offset):
+        if b.offset < a.offset + a.size:
+            raise FatbinError(
+                f"sections {a.name or a.index} and {b.name or b.index} overlap in the file "
+                f"at {b.offset:#x}",
+                path=elf.name,
+            )
     return out
 
 
@@ -482,14 +498,53 @@ def scan(elf: ElfFile) -> FatbinLayout:
     for sec in candidate_sections(elf):
         layout.regions.extend(scan_section(elf, sec))
     layout.regions.sort(key=lambda r: r.offset)
+    _check_budget(elf, layout)
     layout.wrappers = scan_wrappers(elf)
     return layout
+
+
+def decompression_budget(file_size: int) -> int:
+    """The most payload bytes a library's elements may claim, decompressed, together."""
+    return max(MIN_DECOMPRESSION_BUDGET, BUDGET_RATIO * file_size)
+
+
+def _check_budget(elf: ElfFile, layout: FatbinLayout) -> None:
+    """Every later decompression is checked against the size its header claims,
+    so bounding the claims bounds all the work a library can cause."""
+    claimed = sum(e.uncompressed_size or e.payload_size for _r, e in layout.elements)
+    budget = decompression_budget(elf.size)
+    if claimed > budget:
+        raise FatbinError(
+            f"its elements claim {claimed} bytes of device code, more than the "
+            f"{budget} a file of its size may (corrupt or crafted)",
+            path=elf.name,
+        )
 
 
 # -- payloads -------------------------------------------------------------
 
 
-def payload(buf: Buffer, el: Element, *, name: str, cap: int = MAX_UNCOMPRESSED) -> bytes:
+def _zstd_decompress(raw: bytes, want: int) -> bytearray:
+    """Decompress ``raw`` (its first frame, as nvcc writes one): at most ``want`` bytes.
+
+    Memory follows what the data really holds, not what a header claims: the
+    output grows as it is read, in place (no second copy is made).
+    """
+    out = bytearray()
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw))
+    while len(out) < want:
+        chunk = reader.read(min(want - len(out), 1 << 22))
+        if not chunk:
+            break
+        out += chunk
+    if reader.read(1):
+        raise zstandard.ZstdError("decompresses to more than claimed")
+    return out
+
+
+def payload(
+    buf: Buffer, el: Element, *, name: str, cap: int = MAX_UNCOMPRESSED
+) -> bytes | bytearray:
     """The element's payload, decompressed, never larger than ``cap`` bytes."""
     where = f"fatbin element at {el.offset:#x} ({el.arch_name})"
     comp = el.compression
@@ -508,25 +563,19 @@ def payload(buf: Buffer, el: Element, *, name: str, cap: int = MAX_UNCOMPRESSED)
             "beyond what LZ4 can encode",
             path=name,
         )
+    if want > MAX_RATIO * el.compressed_size + (1 << 16):
+        raise FatbinError(
+            f"{where}: claims {want} bytes from {el.compressed_size} compressed bytes "
+            "(corrupt or crafted)",
+            path=name,
+        )
     raw = bytes(buf[el.payload_offset : el.payload_offset + el.compressed_size])
     try:
+        out: bytes | bytearray
         if comp is Compression.LZ4:
-            out = lz4.block.decompress(raw, uncompressed_size=want)
+            out = bytes(lz4.block.decompress(raw, uncompressed_size=want))
         else:
-            # Read in bounded chunks: memory follows what the data really
-            # holds, not what the header claims.
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw))
-            parts = []
-            got = 0
-            while got < want:
-                chunk = reader.read(min(want - got, 1 << 22))
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-            if reader.read(1):
-                raise FatbinError(f"{where}: decompresses to more than claimed", path=name)
-            out = b"".join(parts)
+            out = _zstd_decompress(raw, want)
     except FatbinError:
         raise
     except (lz4.block.LZ4BlockError, zstandard.ZstdError, ValueError, MemoryError) as exc:
@@ -535,4 +584,4 @@ def payload(buf: Buffer, el: Element, *, name: str, cap: int = MAX_UNCOMPRESSED)
         raise FatbinError(
             f"{where}: decompressed to {len(out)} bytes, header says {want}", path=name
         )
-    return bytes(out)
+    return out

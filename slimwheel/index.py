@@ -40,8 +40,9 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from .errors import InputError, SlimwheelError
+from .files import parse_json
 from .store import file_sha256
-from .wheel import open_wheel, rewrite_wheel
+from .wheel import MAX_METADATA_BYTES, open_wheel, read_text_member, rewrite_wheel
 
 PLAIN = "simple"
 REPOSITORY_VERSION = "1.1"
@@ -72,16 +73,19 @@ class IndexedWheel:
 
 def read_wheel(path: Path) -> IndexedWheel:
     info = open_wheel(str(path), check_hashes=False)
+    where = str(path)
     with zipfile.ZipFile(path) as zf:
-        metadata = zf.read(f"{info.dist_info}/METADATA")
-        try:
-            prov = json.loads(zf.read(f"{info.dist_info}/slimwheel.json"))
-            targets: str | None = provenance_targets(prov["targets"], str(path))
-        except KeyError:
-            targets = None
-        except (ValueError, TypeError) as exc:
-            raise PublishError(f"unreadable slimwheel.json ({exc})", path=str(path)) from None
-    text = metadata.decode("utf-8", "replace")
+        text = read_text_member(zf, f"{info.dist_info}/METADATA", MAX_METADATA_BYTES, where)
+        metadata = text.encode("utf-8")
+        prov_name = f"{info.dist_info}/slimwheel.json"
+        targets: str | None = None
+        if prov_name in zf.namelist():
+            raw = read_text_member(zf, prov_name, MAX_PROVENANCE_BYTES, where).encode()
+            try:
+                prov = parse_json(raw, f"{where}:{prov_name}", limit=MAX_PROVENANCE_BYTES)
+                targets = provenance_targets(prov["targets"], where)  # type: ignore[index]
+            except (KeyError, TypeError) as exc:
+                raise PublishError(f"unreadable slimwheel.json ({exc})", path=where) from None
     name = next(
         (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.lower().startswith("name:")),
         None,
@@ -110,6 +114,9 @@ def read_wheel(path: Path) -> IndexedWheel:
         targets,
     )
 
+
+#: Provenance files are a few KB.
+MAX_PROVENANCE_BYTES = 16 << 20
 
 _TARGET = re.compile(r"sm_[0-9]{2,3}[af]?")
 

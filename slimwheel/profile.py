@@ -8,7 +8,7 @@ library file (identified by its SHA-256) the kernels launched, the variables
 accessed, the regions loaded and the loaded images matched to elements. Code
 from heap images (Triton, NVRTC) is counted under ``jit`` and never drives
 removal. Profiles merge by union. The document's schema is
-``profiles/profile.schema.json``.
+``schemas/profile.schema.json`` (checked on load).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cache
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from . import __version__
 from .elf import ElfFile, map_file
 from .errors import InputError, SlimwheelError
 from .fatbin import ElementKind, payload, scan
+from .files import read_json
 from .store import Store, file_sha256
 
 SCHEMA = "slimwheel.profile"
@@ -187,15 +189,40 @@ def _hex64(value: Any, where: str) -> str:
     return s
 
 
+#: Profiles of real workloads are well under 1 MB.
+MAX_PROFILE_BYTES = 64 << 20
+
+
+@cache
+def _validator() -> Any:
+    import jsonschema
+
+    text = resources.files("slimwheel").joinpath("schemas/profile.schema.json").read_text()
+    return jsonschema.Draft202012Validator(json.loads(text))
+
+
+def validate(doc: object, where: str) -> None:
+    """Refuse, with one line, a document its schema does not allow."""
+    error = next(iter(_validator().iter_errors(doc)), None)
+    if error is not None:
+        at = "/".join(str(p) for p in error.absolute_path) or "the document"
+        raise ProfileError(f"not a valid profile: {at}: {error.message}"[:300], path=where)
+
+
 def load_profile(path: str | os.PathLike[str]) -> Profile:
     where = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except OSError as exc:
-        raise ProfileError(exc.strerror or str(exc), path=where) from None
-    except ValueError as exc:
-        raise ProfileError(f"not JSON ({exc})", path=where) from None
+        doc = read_json(path, limit=MAX_PROFILE_BYTES)
+    except ProfileError:
+        raise
+    except InputError as exc:
+        raise ProfileError(exc.message, path=where) from None
+    if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
+        if doc.get("schema_version") != SCHEMA_VERSION:
+            raise ProfileError(
+                f"profile version {doc.get('schema_version')} is not supported", path=where
+            )
+        validate(doc, where)
     return Profile.from_json(doc, where)
 
 

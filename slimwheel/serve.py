@@ -80,8 +80,11 @@ class IndexHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args: Any) -> None:
         if self.log_file is not None:
+            # A malformed request line is logged before command and path exist.
             served = getattr(self, "_served", "")
-            self.log_file.write(f"{self.command} {self.path} {served} {fmt % args}\n")
+            command = getattr(self, "command", None) or "-"
+            path = getattr(self, "path", None) or "-"
+            self.log_file.write(f"{command} {path} {served} {fmt % args}\n")
             self.log_file.flush()
 
 

@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,7 +44,8 @@ from typing import Any
 import platformdirs
 
 from .errors import SlimwheelError
-from .write import atomic_output
+from .files import open_regular
+from .write import atomic_output, clean_debris, locked_tempdir
 
 #: Bump when what ``libraries/`` records could change (a scanner that finds more).
 SCAN_VERSION = 1
@@ -64,7 +64,7 @@ def default_root() -> Path:
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
@@ -132,9 +132,22 @@ class Store:
 
     @contextlib.contextmanager
     def tempdir(self, prefix: str = "work-") -> Iterator[Path]:
-        """A private directory under ``tmp/`` (same file system as the entries)."""
-        with tempfile.TemporaryDirectory(prefix=prefix, dir=self.root / "tmp") as tmp:
-            yield Path(tmp)
+        """A private directory under ``tmp/`` (same file system as the entries),
+        held while in use: :meth:`clean` removes it only once its process is gone."""
+        with locked_tempdir(self.root / "tmp", prefix) as tmp:
+            yield tmp
+
+    def clean(self) -> int:
+        """Remove what dead runs left: temporary directories and files under ``tmp/``,
+        ``originals/`` and ``entries/``. Returns how many were removed."""
+        n = clean_debris(self.root / "tmp")
+        for kind in ("originals", "entries"):
+            for d in _subdirs(self.root / kind):
+                n += clean_debris(d)
+                if kind == "entries":
+                    for e in _subdirs(d):
+                        n += clean_debris(e)
+        return n
 
     def _read_meta(self, key: str) -> dict[str, Any] | None:
         try:
@@ -143,6 +156,9 @@ class Store:
             return None
         if not isinstance(meta, dict) or meta.get("key") != key:
             return None
+        sha, size = meta.get("sha256"), meta.get("size")
+        if not isinstance(sha, str) or len(sha) != 64 or not isinstance(size, int) or size < 0:
+            return None  # not an entry this code wrote: rebuilt
         return meta
 
     def _intact(self, path: Path, recorded: dict[str, Any]) -> bool | None:
@@ -190,27 +206,31 @@ class Store:
             d = self._dir(key)
             if d.exists():  # corrupt or half-removed: discard
                 shutil.rmtree(d, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f"{key[:12]}-", dir=self.root / "tmp"))
-            try:
-                summary = build(tmp / "lib")
-                with open(tmp / "lib", "rb") as f:
-                    os.fsync(f.fileno())
-                meta = {
-                    "key": key,
-                    "sha256": file_sha256(tmp / "lib"),
-                    "size": (tmp / "lib").stat().st_size,
-                    "stat": _identity(tmp / "lib"),  # a rename keeps inode and mtime
-                    "created": int(time.time()),
-                    "summary": summary,
-                    "derived": {},
-                }
-                _write_json(tmp / "meta.json", meta)
-                d.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(tmp, d)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            return Entry(key, d / "lib", meta), True
+            with self.tempdir(prefix=f"{key[:12]}-") as work:
+                return self._build(key, d, work / "entry", build), True
+
+    def _build(
+        self, key: str, d: Path, tmp: Path, build: Callable[[Path], dict[str, Any]]
+    ) -> Entry:
+        """Build the entry in ``tmp`` (inside a held temporary directory), then rename it
+        to ``d``: a killed build leaves only the temporary directory, for :meth:`clean`."""
+        tmp.mkdir()
+        summary = build(tmp / "lib")
+        with open(tmp / "lib", "rb") as f:
+            os.fsync(f.fileno())
+        meta = {
+            "key": key,
+            "sha256": file_sha256(tmp / "lib"),
+            "size": (tmp / "lib").stat().st_size,
+            "stat": _identity(tmp / "lib"),  # a rename keeps inode and mtime
+            "created": int(time.time()),
+            "summary": summary,
+            "derived": {},
+        }
+        _write_json(tmp / "meta.json", meta)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, d)
+        return Entry(key, d / "lib", meta)
 
     def derived(self, entry: Entry, name: str, make: Derive) -> tuple[Path, dict[str, Any]]:
         """A form derived from an entry's library (e.g. its deflated stream), made
@@ -359,9 +379,15 @@ class Store:
         for e in self.entries():
             self.remove(e.key)
             n += 1
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)
-        (self.root / "tmp").mkdir(exist_ok=True)
+        self.clean()  # what live runs are writing stays
         return n
+
+
+def _subdirs(d: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(d) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 def _rehash(path: Path, recorded: dict[str, Any], what: str) -> str:

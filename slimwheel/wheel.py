@@ -41,6 +41,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .errors import InputError
+from .files import open_regular
 from .write import atomic_output
 
 DEFLATE_LEVEL = 6
@@ -103,6 +104,9 @@ def _unsafe(name: str) -> str | None:
         return "path escapes the install directory (..)"
     if "\0" in name:
         return "NUL in path"
+    # "a/./b", "a//b": another spelling of a file an installer would write twice
+    if any(p in ("", ".") for p in parts[:-1]) or parts[-1] == ".":
+        return "path not in normal form"
     return None
 
 
@@ -110,9 +114,18 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return (info.external_attr >> 16) and stat.S_ISLNK(info.external_attr >> 16)  # type: ignore[return-value]
 
 
+#: Far above real ones (torch's RECORD is ~2 MB, METADATA ~100 KB).
+MAX_RECORD_BYTES = 64 << 20
+MAX_METADATA_BYTES = 16 << 20
+
+
 def _read_record(text: str, where: str) -> dict[str, RecordEntry]:
     out: dict[str, RecordEntry] = {}
-    for row in csv.reader(io.StringIO(text)):
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise WheelError(f"malformed RECORD ({exc})", path=where) from None
+    for row in rows:
         if not row:
             continue
         if len(row) != 3:
@@ -134,11 +147,13 @@ def open_wheel(path: str, *, check_hashes: bool = True) -> WheelInfo:
         raise WheelError(f"not a wheel file name ({exc})", path=path) from None
     tag_text = fname[:-4].split("-", 2)[2]
     problems: list[str] = []
+    archive = open_regular(path)
     try:
-        zf = zipfile.ZipFile(path)
+        zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
+        archive.close()
         raise WheelError(f"not a readable zip archive ({exc})", path=path) from None
-    with zf:
+    with archive, zf:
         infos = zf.infolist()
         seen: set[str] = set()
         for info in infos:
@@ -168,15 +183,11 @@ def open_wheel(path: str, *, check_hashes: bool = True) -> WheelInfo:
                 problems.append(f"{dist_info}/{required} is missing")
         if problems:
             raise WheelError("; ".join(problems), path=path)
-        try:
-            record = _read_record(
-                zf.read(f"{dist_info}/RECORD").decode("utf-8"), f"{path}:{dist_info}/RECORD"
-            )
-            meta = zf.read(f"{dist_info}/METADATA").decode("utf-8", "replace")
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-            raise WheelError(f"cannot read {dist_info} ({exc})", path=path) from None
+        record_text = read_text_member(zf, f"{dist_info}/RECORD", MAX_RECORD_BYTES, path)
+        record = _read_record(record_text, f"{path}:{dist_info}/RECORD")
+        meta = read_text_member(zf, f"{dist_info}/METADATA", MAX_METADATA_BYTES, path)
         m = re.search(r"^Version:\s*(\S+)\s*$", meta, re.M)
-        if not m or Version(m.group(1)) != version:
+        if not m or _version(m.group(1)) != version:
             problems.append(f"{dist_info}/METADATA version does not match the file name")
         files = {i.filename for i in infos if not i.is_dir()}
         for f in sorted(files - set(record)):
@@ -184,6 +195,9 @@ def open_wheel(path: str, *, check_hashes: bool = True) -> WheelInfo:
                 problems.append(f"member {f} is not listed in RECORD")
         for f in sorted(set(record) - files):
             problems.append(f"RECORD lists {f}, which is not in the wheel")
+        for f in sorted(files & set(record)):
+            if not record[f].hash and f != f"{dist_info}/RECORD":
+                problems.append(f"member {f}: RECORD gives no hash")
         if check_hashes:
             for info in infos:
                 entry = record.get(info.filename)
@@ -204,6 +218,28 @@ def open_wheel(path: str, *, check_hashes: bool = True) -> WheelInfo:
         if problems:
             raise WheelError("; ".join(problems[:10]), path=path)
         return WheelInfo(path, name, version, tag_text, dist_info, infos, record)
+
+
+def _version(text: str) -> Version | None:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def read_text_member(zf: zipfile.ZipFile, name: str, limit: int, where: str) -> str:
+    """A small text member (UTF-8, at most ``limit`` bytes once inflated)."""
+    try:
+        with zf.open(name) as f:
+            data = f.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError) as exc:
+        raise WheelError(f"cannot read {name} ({exc})", path=where) from None
+    if len(data) > limit:
+        raise WheelError(f"{name} is larger than {limit} bytes", path=where)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WheelError(f"{name} is not UTF-8 text", path=where) from None
 
 
 def _hash_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[bytes, int]:
@@ -563,7 +599,7 @@ def rewrite_wheel(
     sources: dict[str, zipfile.ZipInfo] = {}
     old_di = info.dist_info + "/"
     with zipfile.ZipFile(info.path) as zf:
-        metadata = zf.read(f"{old_di}METADATA").decode("utf-8")
+        metadata = read_text_member(zf, f"{old_di}METADATA", MAX_METADATA_BYTES, info.path)
     for old, m in by_name.items():
         if old.startswith(old_di):
             rest = old[len(old_di) :]

@@ -2,15 +2,25 @@
 
 A rename replaces the directory entry, never the inode it named, so a target
 that is a hard link into a cache (uv, conda) leaves the cache untouched.
+
+Debris: a temporary file (``.slimwheel-*.tmp``) or directory
+(``.slimwheel-*.dir``) is locked (``flock``) by the process writing it for as
+long as it lives; the kernel drops the lock when that process dies, however
+it dies. :func:`clean_debris` removes what no live process holds, so the next
+run cleans what a killed one left, and never what a live one is writing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 from .rewrite import Piece, PieceKind
@@ -24,15 +34,17 @@ def atomic_output(dest: str | os.PathLike[str], *, mode: int | None = None) -> I
     """Yield a file that replaces ``dest`` only when the block ends without error."""
     dest = os.fspath(dest)
     directory = os.path.dirname(os.path.abspath(dest))
-    fd, tmp = tempfile.mkstemp(prefix=".slimwheel-", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=PREFIX, suffix=".tmp", dir=directory)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until the file is closed: "a live writer"
         with os.fdopen(fd, "w+b") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, stat.S_IMODE(mode))
-        os.replace(tmp, dest)
+            if mode is not None:
+                # Never setuid, setgid or sticky: an output is data, not a privilege.
+                os.fchmod(f.fileno(), stat.S_IMODE(mode) & 0o777)
+            os.replace(tmp, dest)
         tmp = ""
         with contextlib.suppress(OSError):
             dfd = os.open(directory, os.O_RDONLY)
@@ -44,6 +56,89 @@ def atomic_output(dest: str | os.PathLike[str], *, mode: int | None = None) -> I
         if tmp:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+PREFIX = ".slimwheel-"
+#: A debris candidate younger than this is left alone (its writer may be taking its lock).
+DEBRIS_MIN_AGE = 1.0
+
+
+@contextlib.contextmanager
+def locked_tempdir(parent: str | os.PathLike[str], prefix: str = "") -> Iterator[Path]:
+    """A temporary directory in ``parent``, held (locked) while in use, removed after."""
+    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{prefix}", suffix=".dir", dir=parent))
+    try:
+        fd = os.open(path / ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield path
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(outdir: str | os.PathLike[str]) -> Iterator[Path]:
+    """A staging directory inside ``outdir``: what is written there appears in
+    ``outdir`` only when the whole block succeeds (then each file by rename).
+    What dead runs left in ``outdir`` is removed first."""
+    os.makedirs(outdir, exist_ok=True)
+    clean_debris(outdir)
+    with locked_tempdir(outdir, "staging-") as staging:
+        yield staging
+        for name in sorted(os.listdir(staging)):
+            if name != ".lock":
+                os.replace(staging / name, os.path.join(outdir, name))
+
+
+def _held(path: str) -> bool | None:
+    """Whether a live process holds ``path``'s lock; None if it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def clean_debris(directory: str | os.PathLike[str]) -> int:
+    """Remove the temporary files and directories dead slimwheel runs left in
+    ``directory`` (not below it); returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    now = time.time()
+    for e in entries:
+        if not e.name.startswith(PREFIX):
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if now - st.st_mtime < DEBRIS_MIN_AGE:
+            continue
+        if e.name.endswith(".tmp") and stat.S_ISREG(st.st_mode):
+            dead = _held(e.path) is False
+        elif e.name.endswith(".dir") and stat.S_ISDIR(st.st_mode):
+            dead = _held(os.path.join(e.path, ".lock")) is not True
+        else:
+            continue
+        if dead:
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(e.path)
+                else:
+                    os.unlink(e.path)
+                removed += 1
+    return removed
 
 
 def write_pieces(src: BinaryIO, out: BinaryIO, pieces: Sequence[Piece]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..conda_build import build_packages, build_suffix
 from ..condapkg import package_format
 from ..errors import UsageError
 from ..index import build_index
+from ..write import staged
 from .options import (
     add_output_options,
     add_policy_options,
@@ -26,6 +28,8 @@ from .options import (
     warn,
 )
 from .progress import wheel_progress
+
+_LABEL = re.compile(r"[A-Za-z0-9]+(\.[A-Za-z0-9]+)*")
 
 HELP = "turn wheels (or requirements pip fetches) into slim wheels for the given GPUs"
 
@@ -115,6 +119,10 @@ def execute(args: argparse.Namespace) -> int:
         raise UsageError("nothing to build: give wheels, directories or requirements")
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if args.local_label is not None and not _LABEL.fullmatch(args.local_label):
+        raise UsageError(
+            f"--local-label {args.local_label!r}: letters, digits and dots only (PEP 440)"
+        )
     policy = policy_from(args)
     label = None if args.no_local_label else (args.local_label or policy.label)
     opts = BuildOptions(policy=policy, label=label, jobs=args.jobs)
@@ -141,14 +149,18 @@ def execute(args: argparse.Namespace) -> int:
             wheels += download(requirements, tmp, deps=args.deps, pip_args=_pip_args(args))
         if not wheels and not packages:
             raise UsageError("no wheels or conda packages found in the inputs")
-        if packages:
-            suffix = ""
-            if args.build_suffix:
-                suffix = build_suffix(args.local_label or policy.label)
-            results += build_packages(packages, args.output, opts, store, suffix=suffix)
-        if wheels:
-            with wheel_progress(enabled=not args.quiet) as progress:
-                results += build_wheels(wheels, args.output, opts, store, progress=progress)
+        # Every output appears in -o together, or none does.
+        with staged(args.output) as staging:
+            if packages:
+                suffix = ""
+                if args.build_suffix:
+                    suffix = build_suffix(args.local_label or policy.label)
+                results += build_packages(packages, str(staging), opts, store, suffix=suffix)
+            if wheels:
+                with wheel_progress(enabled=not args.quiet) as progress:
+                    results += build_wheels(wheels, str(staging), opts, store, progress=progress)
+        for r in results:
+            r.output = os.path.join(args.output, os.path.basename(r.output))
     for note in sorted({lib.note for r in results for lib in r.libraries if lib.note}):
         warn(note)
     if args.publish:

@@ -142,7 +142,10 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
 
 
 def store_from(args: argparse.Namespace) -> Store:
-    return Store(args.store) if args.store else Store()
+    """The store a command uses; what dead runs left in it is removed first."""
+    store = Store(args.store) if args.store else Store()
+    store.clean()
+    return store
 
 
 def add_env_options(p: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from slimwheel.slim import slim_library
 from slimwheel.store import Store, file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = json.loads((REPO / "profiles" / "profile.schema.json").read_text())
+SCHEMA = json.loads((REPO / "slimwheel" / "schemas" / "profile.schema.json").read_text())
 
 
 def _regions(lib: Path) -> dict[str, int]:
@@ -166,6 +166,13 @@ def test_cli_profile_files(
     assert "removed as unused" in capsys.readouterr().out
 
 
+VALID = json.dumps(
+    Profile(
+        libraries=(LibraryUsage(sha256="0" * 64, path="/x/lib.so", name="lib.so"),)
+    ).to_json()
+)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -175,9 +182,15 @@ def test_cli_profile_files(
         (
             '{"schema": "slimwheel.profile", "schema_version": 1, '
             '"libraries": [{"sha256": "xyz"}]}',
-            "not a SHA-256",
+            "not a valid profile",
         ),
-        ('{"schema": "slimwheel.profile", "schema_version": 1}', "malformed profile"),
+        ('{"schema": "slimwheel.profile", "schema_version": 1}', "not a valid profile"),
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
+        ('{"schema": "slimwheel.profile", "x": Infinity}', "Infinity is not JSON"),
+        (VALID.replace('"jit": []', '"jit": [], "extra": 1'), "not a valid profile"),
+        (VALID.replace('"regions": []', '"regions": [-1]'), "libraries/0/regions/0"),
+        (VALID.replace('"kernels": []', '"kernels": "k"'), "libraries/0/kernels"),
+        ("\udcff", "not UTF-8"),
     ],
 )
 def test_bad_profiles(
@@ -188,7 +201,7 @@ def test_bad_profiles(
     message: str,
 ) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(content)
+    bad.write_bytes(content.encode("utf-8", "surrogateescape"))
     rc = main(
         [
             "slim",

@@ -1,0 +1,98 @@
+"""Opening what a user names: regular files only, without ever blocking.
+
+A FIFO opened for reading blocks until a writer comes; a device may never
+end. Every input is opened with ``O_NONBLOCK`` (which makes ``open`` of a
+FIFO return at once), checked with ``fstat`` on the very descriptor that is
+then read (no race between a check and the open), and refused with one line
+unless it is a regular file. ``O_NONBLOCK`` is cleared before reading.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import stat
+from typing import BinaryIO
+
+from .errors import InputError
+
+_KIND = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+_ERRNO = {
+    errno.ENOENT: "no such file",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ELOOP: "too many levels of symbolic links (a link loop?)",
+    errno.ENOTDIR: "a path component is not a directory",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def describe_oserror(exc: OSError) -> str:
+    """What went wrong, in words, for a one-line message."""
+    return _ERRNO.get(exc.errno or 0) or exc.strerror or str(exc)
+
+
+def kind_of(mode: int) -> str:
+    return _KIND.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` for reading; InputError (naming it) unless it is a regular file."""
+    where = os.fspath(path)
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputError(describe_oserror(exc), path=where) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"not a regular file ({kind_of(st.st_mode)})", path=where)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_regular(path: str | os.PathLike[str]) -> None:
+    """Refuse, with one line, a path that is not a regular file (opens nothing blocking)."""
+    open_regular(path).close()
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(data: bytes, where: str, *, limit: int) -> object:
+    """Untrusted JSON: at most ``limit`` bytes, UTF-8, no NaN/Infinity, nesting bounded
+    (by the parser's recursion limit); InputError naming ``where`` otherwise."""
+    if len(data) > limit:
+        raise InputError(f"larger than {limit} bytes", path=where)
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text", path=where) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply", path=where) from None
+    except ValueError as exc:
+        raise InputError(f"not JSON ({exc})", path=where) from None
+
+
+def read_json(path: str | os.PathLike[str], *, limit: int) -> object:
+    """A JSON file (a regular file, at most ``limit`` bytes), parsed as :func:`parse_json`."""
+    try:
+        with open_regular(path) as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise InputError(describe_oserror(exc), path=os.fspath(path)) from None
+    return parse_json(data, os.fspath(path), limit=limit)
