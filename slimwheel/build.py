@@ -27,6 +27,7 @@ from . import __version__
 from .cached import LibraryOutcome, on_disk, slim_through_store
 from .elf import ELF_MAGIC
 from .errors import InputError, SlimwheelError
+from .files import install_sigbus_guard
 from .policy import SlimPolicy
 from .sources import extract_member
 from .store import Store, StoreError, file_sha256
@@ -319,6 +320,7 @@ def worker_pool(
 
 
 def _call_in_worker(fn: Callable[..., Any], a: tuple[Any, ...]) -> Any:
+    install_sigbus_guard()
     try:
         return fn(*a)
     except SlimwheelError as exc:

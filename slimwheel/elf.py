@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .errors import ElfError, SlimwheelError
-from .files import open_regular
+from .files import open_regular, reading_mapped
 
 Buffer = bytes | bytearray | mmap.mmap
 
@@ -515,7 +515,8 @@ def map_file(path: str | os.PathLike[str]) -> Iterator[Buffer]:
             return
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            yield mm
+            with reading_mapped(os.fspath(path)):
+                yield mm
         finally:
             mm.close()
 

@@ -25,7 +25,6 @@ import json
 import os
 import posixpath
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -42,7 +41,7 @@ from .policy import SlimPolicy
 from .slim import make_plan
 from .store import Store, file_sha256
 from .wheel import record_hash
-from .write import atomic_output, clean_debris
+from .write import atomic_output, clean_debris, crash_point
 
 STATE_FILE = ".slimwheel-env.json"
 STATE_VERSION = 1
@@ -83,12 +82,6 @@ def site_dirs(python: str) -> list[Path]:
         if p.is_dir() and p not in dirs:
             dirs.append(p)
     return dirs
-
-
-def _crash_point(name: str) -> None:
-    """Fault injection for the crash tests: SIGKILL ourselves at a named point."""
-    if os.environ.get("SLIMWHEEL_TEST_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- RECORD ---------------------------------------------------------------------
@@ -552,15 +545,15 @@ def slim_env(
                 record_line=env.records.snapshot(dist_info, rel),
             )
             env.save()
-            _crash_point("pending")
+            crash_point("pending")
             try:
                 with atomic_output(path, mode=mode) as out, open(got.store_path, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
-                _crash_point("replaced")
+                crash_point("replaced")
                 env.records.update(dist_info, rel, got.sha256_after, got.bytes_after)
             except (OSError, InputError) as exc:
                 env.roll_back(rel, exc)
-            _crash_point("recorded")
+            crash_point("recorded")
             env.entries[rel].state = "done"
             env.save()
             changes.append(EnvChange(rel, size, got.bytes_after, note=got.note))
@@ -598,7 +591,7 @@ def restore_env(
             env.save()
             with atomic_output(path, mode=mode) as out, open(original, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
-            _crash_point("restored")
+            crash_point("restored")
             env.put_back(e)
             env.save()
             changes.append(EnvChange(rel, e.slim_size, e.original_size))

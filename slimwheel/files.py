@@ -14,6 +14,8 @@ import fcntl
 import json
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from .errors import InputError
@@ -96,3 +98,55 @@ def read_json(path: str | os.PathLike[str], *, limit: int) -> object:
     except OSError as exc:
         raise InputError(describe_oserror(exc), path=os.fspath(path)) from None
     return parse_json(data, os.fspath(path), limit=limit)
+
+
+# -- a mapped file that shrinks ---------------------------------------------------
+#
+# Reading a page of a memory-mapped file beyond its (new) end raises SIGBUS.
+# A Python-level handler cannot help (the faulting read would run again as
+# soon as it returned), so the guard is a C-level handler (through ctypes) that
+# names the file being read, in one line, and ends the process with exit code 1.
+# Temporary outputs of a run ended so are removed by the next run (write.py).
+
+_mapped: list[str] = []  # files mapped now, the innermost last
+_guard: list[object] = []  # keeps the C callback alive
+
+
+def _on_sigbus(_signum: int) -> None:
+    where = _mapped[-1] if _mapped else "an input file"
+    os.write(
+        2,
+        f"slimwheel: error: {where}: the file changed (shrank) while it was being read\n".encode(
+            "utf-8", "replace"
+        ),
+    )
+    os._exit(1)
+
+
+def install_sigbus_guard() -> None:
+    """Report a mapped file truncated under us as one line, not a crash (once per process)."""
+    if _guard:
+        return
+    import ctypes
+    import signal
+
+    handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int)
+    handler = handler_type(_on_sigbus)
+    try:
+        libc = ctypes.CDLL(None)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, handler_type]
+        libc.signal(signal.SIGBUS, handler)
+    except (OSError, AttributeError):
+        return  # no libc signal(): the default behaviour stays
+    _guard.append(handler)
+
+
+@contextmanager
+def reading_mapped(path: str) -> Iterator[None]:
+    """Name ``path`` in the SIGBUS message while it is mapped."""
+    _mapped.append(path)
+    try:
+        yield
+    finally:
+        _mapped.pop()

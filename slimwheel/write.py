@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import stat
 import tempfile
 import time
@@ -39,6 +40,7 @@ def atomic_output(dest: str | os.PathLike[str], *, mode: int | None = None) -> I
         fcntl.flock(fd, fcntl.LOCK_EX)  # held until the file is closed: "a live writer"
         with os.fdopen(fd, "w+b") as f:
             yield f
+            crash_point("writing")  # the temporary file is written, not yet renamed
             f.flush()
             os.fsync(f.fileno())
             if mode is not None:
@@ -57,6 +59,19 @@ def atomic_output(dest: str | os.PathLike[str], *, mode: int | None = None) -> I
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
+
+def crash_point(name: str) -> None:
+    """Fault injection for the kill tests: SIGKILL this process at a named point
+    (``SLIMWHEEL_TEST_KILL_AT=name``), at its N-th passage with
+    ``SLIMWHEEL_TEST_KILL_AFTER=N``."""
+    if os.environ.get("SLIMWHEEL_TEST_KILL_AT") != name:
+        return
+    _passages[name] = _passages.get(name, 0) + 1
+    if _passages[name] >= int(os.environ.get("SLIMWHEEL_TEST_KILL_AFTER", "1")):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_passages: dict[str, int] = {}
 
 PREFIX = ".slimwheel-"
 #: A debris candidate younger than this is left alone (its writer may be taking its lock).
@@ -83,13 +98,20 @@ def staged(outdir: str | os.PathLike[str]) -> Iterator[Path]:
     """A staging directory inside ``outdir``: what is written there appears in
     ``outdir`` only when the whole block succeeds (then each file by rename).
     What dead runs left in ``outdir`` is removed first."""
+    created = not os.path.isdir(outdir)
     os.makedirs(outdir, exist_ok=True)
     clean_debris(outdir)
-    with locked_tempdir(outdir, "staging-") as staging:
-        yield staging
-        for name in sorted(os.listdir(staging)):
-            if name != ".lock":
-                os.replace(staging / name, os.path.join(outdir, name))
+    try:
+        with locked_tempdir(outdir, "staging-") as staging:
+            yield staging
+            for name in sorted(os.listdir(staging)):
+                if name != ".lock":
+                    os.replace(staging / name, os.path.join(outdir, name))
+    except BaseException:
+        if created:  # a failed run leaves no output directory it made itself
+            with contextlib.suppress(OSError):
+                os.rmdir(outdir)
+        raise
 
 
 def _held(path: str) -> bool | None:

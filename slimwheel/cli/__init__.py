@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import SlimwheelError, UsageError
+from ..files import install_sigbus_guard
 from . import build as build_cmd
 from . import cache as cache_cmd
 from . import index as index_cmd
@@ -66,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # --traceback is accepted anywhere on the line, before or after the subcommand.
     traceback = "--traceback" in args_list
     args_list = [a for a in args_list if a != "--traceback"]
+    install_sigbus_guard()
     try:
         args = build_parser().parse_args(args_list)
         result: int = args.execute(args)
