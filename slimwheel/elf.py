@@ -277,23 +277,41 @@ class ElfFile:
         return hdr
 
     @cached_property
-    def sections(self) -> tuple[Section, ...]:
+    def section_numbering(self) -> tuple[int, int]:
+        """(section count, index of the section name table), extended numbering resolved.
+
+        gABI: with SHN_LORESERVE or more sections, e_shnum is 0 and section 0's
+        sh_size holds the count; with a name table index of SHN_LORESERVE or
+        more, e_shstrndx is SHN_XINDEX and section 0's sh_link holds it. The
+        index is 0 when there is no usable name table (e_shstrndx reserved or
+        out of range).
+        """
         h = self.header
         if h.shoff == 0:
-            return ()
+            return 0, 0
         shnum, shstrndx = h.shnum, h.shstrndx
-        if shnum == 0 or shstrndx == SHN_XINDEX:
+        xindex = shstrndx == SHN_XINDEX
+        if shnum == 0 or xindex:
             first = self.unpack(_SHDR, h.shoff, "section header 0")
             if shnum == 0:
                 shnum = first[5]
-            if shstrndx == SHN_XINDEX:
+            if xindex:
                 shstrndx = first[6]
+        elif shstrndx >= SHN_LORESERVE:
+            shstrndx = 0  # a reserved value, not an index
         if shnum > MAX_SECTIONS:
-            raise self._fail(f"implausible section count {shnum}")
+            where = " (section 0's sh_size, e_shnum being 0)" if h.shnum == 0 else ""
+            raise self._fail(f"implausible section count {shnum}{where}")
         self.check_range(h.shoff, shnum * _SHDR.size, "section header table")
-        raw = [_SHDR.unpack_from(self.buf, h.shoff + i * _SHDR.size) for i in range(shnum)]
+        return shnum, shstrndx if shstrndx < shnum else 0
+
+    @cached_property
+    def sections(self) -> tuple[Section, ...]:
+        shnum, shstrndx = self.section_numbering
+        shoff = self.header.shoff
+        raw = [_SHDR.unpack_from(self.buf, shoff + i * _SHDR.size) for i in range(shnum)]
         names = b""
-        if 0 < shstrndx < shnum:
+        if shstrndx:
             s = raw[shstrndx]
             names = self.read(s[4], s[5], "section name table")
         out = []

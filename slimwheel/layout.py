@@ -11,7 +11,9 @@ PROGBITS piece, a NOBITS piece (the run) and a PROGBITS piece, the new pieces
 appended to the section header table so no section index changes. The new
 program header table (one more PT_LOAD per run) and section header table go
 to the end of the file; glibc copies a program header table that lies
-outside every PT_LOAD.
+outside every PT_LOAD. From 0xFF00 sections on (or when the input did so),
+the new table uses the gABI's extended numbering: e_shnum 0 and the count in
+section 0's sh_size; e_shstrndx (and section 0's sh_link) stay the input's.
 
 The result is a list of output pieces (copy original bytes, literal bytes,
 zeros) that ``write.py`` streams to disk.
@@ -23,7 +25,7 @@ import bisect
 import struct
 from dataclasses import dataclass, replace
 
-from .elf import PT, SHT, ElfFile, EMachine, Section, Segment
+from .elf import PT, SHN_LORESERVE, SHT, ElfFile, EMachine, Section, Segment
 from .rewrite import Edit, Piece, PieceKind, Replacement
 
 #: Zero runs shorter than this stay in the file (each costs one PT_LOAD).
@@ -299,7 +301,7 @@ def plan_output(
     # section keeps its old size, zero tail included).
     rewrite_tables = compacted and bool(holes)
     body_end = elf.size
-    if rewrite_tables and h.shoff and h.shoff + h.shnum * h.shentsize == elf.size:
+    if rewrite_tables and h.shoff and h.shoff + len(elf.sections) * h.shentsize == elf.size:
         body_end = h.shoff  # the old section header table was last: drop it
     body_size = body_end - sum(x.length for x in holes)
     if rewrite_tables:
@@ -307,12 +309,12 @@ def plan_output(
         pad = -body_size % 8
         phoff = body_size + pad
         shoff = phoff + len(segments) * _PHDR.size
+        shnum, sections = _number_sections(elf, sections)
         tables = [
             Piece.zeros(pad),
             Piece.literal(b"".join(_PHDR.pack(*_phdr_fields(p)) for p in segments)),
             Piece.literal(b"".join(_SHDR.pack(*_shdr_fields(s)) for s in sections)),
         ]
-        shstrndx = h.shstrndx if h.shnum else 0
         header = _EHDR_TAIL.pack(
             phoff,
             shoff,
@@ -321,17 +323,29 @@ def plan_output(
             h.phentsize,
             len(segments),
             h.shentsize,
-            len(sections) if len(sections) < 0xFF00 else 0,
-            shstrndx,
+            shnum,
+            # Indices do not change (new pieces are appended), so the input's
+            # e_shstrndx stays right: SHN_XINDEX with section 0's sh_link, or direct.
+            h.shstrndx,
         )
-        if len(sections) >= 0xFF00:
-            raise AssertionError("extended section numbering is not written")
         replacements.append(Replacement(32, len(header), (Piece.literal(header),)))
         replacements.sort(key=lambda r: r.offset)
     body = _body_pieces(body_end, replacements)
     pieces = [p for p in _cut_holes(body, holes) + tables if p.length]
     size = sum(p.length for p in pieces)
     return OutputLayout(pieces, size, holes, segments, sections, compacted, note)
+
+
+def _number_sections(elf: ElfFile, sections: list[Section]) -> tuple[int, list[Section]]:
+    """e_shnum for ``sections``, and the sections with section 0 holding the count if needed.
+
+    Extended numbering (gABI): from SHN_LORESERVE sections on, e_shnum is 0
+    and section 0's sh_size holds the count. Used when the count needs it,
+    and kept when the input used it (its e_shnum was 0).
+    """
+    if len(sections) < SHN_LORESERVE and elf.header.shnum != 0:
+        return len(sections), sections
+    return 0, [replace(sections[0], size=len(sections)), *sections[1:]]
 
 
 def _phdr_fields(p: Segment) -> tuple[int, ...]:

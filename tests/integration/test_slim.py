@@ -46,8 +46,8 @@ def _kernel_region_arches(path: Path) -> set[str]:
     return {e.arch_name for e in biggest.elements}
 
 
-def readelf_warnings(path: Path) -> set[str]:
-    proc = subprocess.run(["readelf", "-W", "-a", str(path)], capture_output=True, text=True)
+def readelf_warnings(path: Path, what: str = "-a") -> set[str]:
+    proc = subprocess.run(["readelf", "-W", what, str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return {line for line in proc.stderr.splitlines() if line.strip()}
 
@@ -245,3 +245,34 @@ def test_symtab_follows_moved_regions(
         symtab = next(s for s in elf.sections if s.name == ".symtab")
         values = [s.value for s in elf.symbols(symtab) if s.name == "fatbinData"]
     assert values and set(values) <= starts
+
+
+def test_extended_section_numbering(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    """65,000+ sections (e_shnum 0, e_shstrndx SHN_XINDEX): compacted and read back."""
+    from elftools.elf.elffile import ELFFile
+
+    orig = fixture_libs["many_sections"]
+    out = tmp_path / orig.name
+    # Its cubins are small: 4 KiB holes, so that something leaves the file.
+    r = slim_library(orig, out, LibraryPolicy(targets=parse_targets(["sm_90"]), min_hole=4096))
+    assert r.report.problems == [] and r.report.compared_bytes > 0
+    assert r.holes >= 1 and out.stat().st_size == r.file_bytes_after < r.file_bytes_before
+    with open_elf(orig) as before, open_elf(out) as after:
+        assert (after.header.shnum, after.header.shstrndx) == (0, 0xFFFF)
+        count, shstrndx = after.section_numbering
+        assert count == len(after.sections) == after.sections[0].size
+        assert shstrndx == before.section_numbering[1] == after.sections[0].link
+        ours = [s.name for s in after.sections]
+        assert ours[: len(before.sections)] == [s.name for s in before.sections]
+        assert our_listing(scan(after), (".nv_fatbin",)) == cuobjdump_listing(out)
+        symtab = next(s for s in after.sections if s.name == ".symtab")
+        starts = {g.vaddr for g in scan(after).regions}
+        values = [s.value for s in after.symbols(symtab) if s.name == "fatbinData"]
+        assert values and set(values) <= starts
+    with open(out, "rb") as f:
+        ref = ELFFile(f)
+        assert ref.num_sections() == count
+        assert [s.name for s in ref.iter_sections()] == ours
+    assert readelf_warnings(out, "-S") == set()
+    assert readelf_warnings(out) <= readelf_warnings(orig)
+    ctypes.CDLL(str(out))

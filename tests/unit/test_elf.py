@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -9,12 +11,14 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection, RelrRelocationSection
 
-from slimwheel.elf import SHT, open_elf
+from slimwheel.cli import main
+from slimwheel.elf import MAX_SECTIONS, SHT, ElfFile, open_elf
 from slimwheel.errors import ElfError
 from slimwheel.fatbin import scan
+from tests.elf_bytes import SHN_XINDEX, Sec, elf_bytes
 
 
-@pytest.mark.parametrize("name", ["many_none", "relr", "rdc"])
+@pytest.mark.parametrize("name", ["many_none", "relr", "rdc", "many_sections"])
 def test_headers_match_pyelftools(fixture_libs: dict[str, Path], name: str) -> None:
     path = fixture_libs[name]
     with open(path, "rb") as f, open_elf(path) as ours:
@@ -109,3 +113,63 @@ def test_not_elf_and_truncated(tmp_path: Path, fixture_libs: dict[str, Path]) ->
     empty.write_bytes(b"")
     with pytest.raises(ElfError, match="not an ELF file"), open_elf(empty):
         pass
+
+
+def test_extended_section_numbering_is_read(fixture_libs: dict[str, Path]) -> None:
+    """65,000+ sections: e_shnum 0 and e_shstrndx SHN_XINDEX, the values in section 0."""
+    with open_elf(fixture_libs["many_sections"]) as elf:
+        assert (elf.header.shnum, elf.header.shstrndx) == (0, SHN_XINDEX)
+        count, shstrndx = elf.section_numbering
+        assert count == len(elf.sections) == elf.sections[0].size > 0xFF00 + 64
+        assert shstrndx == elf.sections[0].link and elf.sections[shstrndx].name == ".shstrtab"
+        assert sum(1 for s in elf.sections if s.name.startswith("many_")) == 0xFF00 + 64
+
+
+def _with_section0(data: bytes, *, size: int | None = None, link: int | None = None) -> bytes:
+    out = bytearray(data)
+    shoff = ElfFile(data).header.shoff
+    if size is not None:
+        struct.pack_into("<Q", out, shoff + 32, size)  # section 0's sh_size
+    if link is not None:
+        struct.pack_into("<I", out, shoff + 40, link)  # section 0's sh_link
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("claim", "message"),
+    [
+        (1 << 63, r"implausible section count \d+ \(section 0's sh_size, e_shnum being 0\)"),
+        (MAX_SECTIONS + 1, "implausible section count"),
+        (MAX_SECTIONS, "section header table at file offset .* lies outside the file"),
+        (5, "section header table at file offset .* lies outside the file"),
+    ],
+)
+def test_extended_section_count_claims_are_bounded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], claim: int, message: str
+) -> None:
+    """A hostile section 0 sh_size (e_shnum 0) is refused in one line, allocating nothing big."""
+    good = elf_bytes([], [Sec(".a"), Sec(".b")], extended_count=True)
+    assert len(ElfFile(good).sections) == 4
+    path = tmp_path / "libhostile.so"
+    path.write_bytes(_with_section0(good, size=claim))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ElfError, match=message) as exc, open_elf(path) as elf:
+            _ = elf.sections
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(str(path))
+    assert main(["inspect", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "libhostile.so" in err
+
+
+def test_extended_name_table_index_out_of_range_gives_no_names() -> None:
+    good = elf_bytes([], [Sec(".a")], xindex=True)
+    assert [s.name for s in ElfFile(good).sections] == ["", ".a", ".shstrtab"]
+    for link in (3, 0xFFFFFFFF):
+        elf = ElfFile(_with_section0(good, link=link))
+        assert [s.name for s in elf.sections] == ["", "", ""]
+        assert elf.section_numbering == (3, 0)
