@@ -294,14 +294,15 @@ class Store:
         self._record_fact("validated", sha256)
 
     def _record_fact(self, kind: str, sha256: str) -> None:
+        """A fact is an empty file: its name says it, and creating one is atomic."""
         p = self._fact(kind, sha256)
         if p.is_file():
             return
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(p, {"sha256": sha256})
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except OSError:
-            pass  # a cache: a fact not recorded is only found again
+            pass  # a cache: a fact not recorded is only found again (or exists already)
 
     def recorder_dir(self, key: str) -> Path:
         """Where the usage recorder compiled for ``key`` lives."""

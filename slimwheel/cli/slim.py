@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..files import check_regular
 from ..slim import SlimResult, slim_library
 from ..store import file_sha256
 from .options import (
@@ -42,8 +43,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 
 def execute(args: argparse.Namespace) -> int:
     src = args.library
-    if not os.path.isfile(src):
-        raise UsageError(f"{src}: no such file")
+    check_regular(src)
     dest = src if args.in_place else args.output
     if not args.in_place and os.path.exists(dest) and os.path.samefile(src, dest):
         raise UsageError(f"{dest}: output is the input; use --in-place to replace it")

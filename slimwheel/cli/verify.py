@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from ..errors import UsageError
+from ..files import check_regular
 from ..slim import verify_pair
 from ..store import file_sha256
 from .options import add_policy_options, human, policy_from, warn
@@ -25,8 +25,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 
 def execute(args: argparse.Namespace) -> int:
     for f in (args.original, args.slim):
-        if not os.path.isfile(f):
-            raise UsageError(f"{f}: not a regular file")
+        check_regular(f)
     policy = policy_from(args)
     sha = file_sha256(args.original) if policy.needs_hash else None
     lib = policy.for_library(os.path.basename(args.original), sha)

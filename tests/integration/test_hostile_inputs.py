@@ -103,7 +103,14 @@ def tree(root: Path) -> dict[str, str]:
 
 
 def debris(*roots: Path) -> list[str]:
-    return [str(p) for r in roots if r.exists() for p in r.rglob(".slimwheel-*")]
+    """Temporary files and directories of slimwheel runs under ``roots``."""
+    return [
+        str(p)
+        for r in roots
+        if r.exists()
+        for p in r.rglob(".slimwheel-*")
+        if p.name.endswith((".tmp", ".dir"))
+    ]
 
 
 def _record(members: dict[str, bytes], di: str, *, drop_hash: str | None = None) -> bytes:
@@ -339,12 +346,8 @@ def test_killed_slim_env_and_restore_leave_no_debris(
     fixture_libs: dict[str, Path], tmp_path: Path
 ) -> None:
     py, site = _venv(tmp_path)
-    wheel = make_wheel(
-        tmp_path,
-        "demo",
-        "1.0",
-        {"demo/a.so": fixture_libs["many_size"].read_bytes(), "demo/b.so": b"\x7fELF" + bytes(60)},
-    )
+    libs = {"demo/a.so": fixture_libs["many_size"], "demo/b.so": fixture_libs["big"]}
+    wheel = make_wheel(tmp_path, "demo", "1.0", {k: v.read_bytes() for k, v in libs.items()})
     _install(py, wheel)
     original = tree(site)
     store = tmp_path / "store"
@@ -503,10 +506,7 @@ def test_fifos_are_refused_not_waited_on(fixture_libs: dict[str, Path], tmp_path
             "f",
         ),
         (["slim", str(fifo), "--arch", "sm_90", "-o", str(tmp_path / "o.so")], "f"),
-        (
-            ["build", str(d), "--arch", "sm_90", "-o", str(tmp_path / "out")],
-            "x-1.0-py3-none-any.whl",
-        ),
+        (["build", str(d), "--arch", "sm_90", "-o", str(tmp_path / "out")], f"{d}/"),
         (["inspect", str(fifo)], "f"),
     ]
     for args, name in cases:
@@ -611,7 +611,7 @@ def test_one_bad_wheel_leaves_no_good_wheel_behind(
         str(tmp_path / "s"),
     )
     refused(r, "bad")
-    assert not list(out.iterdir())
+    assert not out.exists(), "no output directory, no good wheel in it"
 
 
 @pytest.mark.parametrize("value", ["1e20", "nan", "4354819200", "-5"])

@@ -231,7 +231,7 @@ def test_cli_bad_input_leaves_nothing(
     assert list(outdir.iterdir()) == []
     assert bad.read_bytes() == data[: len(data) // 3]
     assert main(["slim", str(bad), "--arch", "sm_90"]) == 2  # no -o / --in-place
-    assert main(["slim", str(tmp_path / "missing.so"), "--arch", "sm_90", "-o", "x"]) == 2
+    assert main(["slim", str(tmp_path / "missing.so"), "--arch", "sm_90", "-o", "x"]) == 1
 
 
 @pytest.mark.parametrize("name", ["many_none", "rdc", "big"])
