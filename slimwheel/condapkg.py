@@ -211,7 +211,7 @@ def _check_name(name: str, where: str) -> str:
 
 def _inside(base: str, target: str) -> bool:
     """Whether a link in directory ``base`` to ``target`` stays in the package."""
-    if target.startswith("/"):
+    if target.startswith("/") or "\0" in target or not target:
         return False
     joined = posixpath.normpath(posixpath.join(base, target))
     return joined != ".." and not joined.startswith("../")
