@@ -34,9 +34,11 @@ from slimwheel.store import file_sha256
 from tests.conda_packages import make_package
 from tests.integration.test_build import make_wheel
 
-# Bounds of one hostile run (a ~1 MB fixture and small crafted files).
+# Bounds of one hostile run (a ~1 MB fixture and small crafted files): measured,
+# and the address space limited so a run that tried to take more fails at once.
 SECONDS = 30.0
 RSS_MB = 400.0
+ADDRESS_SPACE = 4 << 30
 
 
 @dataclass
@@ -50,7 +52,9 @@ class Run:
 
 _PROBE = (
     "import resource, subprocess, sys\n"
-    "rc = subprocess.run(sys.argv[2:]).returncode\n"
+    "def limit():\n"
+    f"    resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE}, {ADDRESS_SPACE}))\n"
+    "rc = subprocess.run(sys.argv[2:], preexec_fn=limit).returncode\n"
     "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
     "open(sys.argv[1], 'w').write(f'{rc} {rss}')\n"
 )
