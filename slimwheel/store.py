@@ -235,7 +235,8 @@ class Store:
     def derived(self, entry: Entry, name: str, make: Derive) -> tuple[Path, dict[str, Any]]:
         """A form derived from an entry's library (e.g. its deflated stream), made
         once and kept beside it: ``make(lib, dest)`` writes it and returns what to
-        record. Trusted like the library (identity, else hash)."""
+        record (with ``sha256`` when it hashed what it wrote). Trusted like the
+        library (identity, else hash)."""
         d = self._dir(entry.key)
         path = d / name
         found = self._derived_intact(entry.key, name, path)
@@ -253,11 +254,9 @@ class Store:
                 info = make(entry.path, out)
                 with open(out, "rb") as f:
                     os.fsync(f.fileno())
-                info = {
-                    **info,
-                    "sha256": file_sha256(out),
-                    "size": out.stat().st_size,
-                }
+                info = {**info, "size": out.stat().st_size}
+                if "sha256" not in info:  # the maker did not hash what it wrote
+                    info["sha256"] = file_sha256(out)
                 os.replace(out, path)
             info["stat"] = _identity(path)
             meta.setdefault("derived", {})[name] = info

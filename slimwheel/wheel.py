@@ -553,13 +553,23 @@ def deflate_file(src: Path, dest: Path) -> dict[str, Any]:
     """Deflate ``src`` into ``dest`` exactly as :meth:`WheelWriter.add_stream` would."""
     comp = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
     crc = usize = 0
+    h = hashlib.sha256()  # of what is written, while it is written
     with open(src, "rb") as fin, open(dest, "wb") as fout:
         while chunk := fin.read(1 << 20):
             crc = zlib.crc32(chunk, crc)
             usize += len(chunk)
-            fout.write(comp.compress(chunk))
-        fout.write(comp.flush())
-    return {"crc": crc, "uncompressed_size": usize, "level": DEFLATE_LEVEL}
+            data = comp.compress(chunk)
+            h.update(data)
+            fout.write(data)
+        data = comp.flush()
+        h.update(data)
+        fout.write(data)
+    return {
+        "crc": crc,
+        "uncompressed_size": usize,
+        "level": DEFLATE_LEVEL,
+        "sha256": h.hexdigest(),
+    }
 
 
 # -- the one wheel writer -----------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
 from ..inventory import LibraryScan, scan_library
 from ..report import Doc, inspect_document
 from ..sources import LibrarySource, find_libraries
@@ -49,6 +50,8 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
 def execute(args: argparse.Namespace) -> int:
     policy = policy_from(args)
     targets = policy.targets
+    if not targets and (args.profile or args.leave_section or args.keep_ptx or args.drop_lto):
+        raise UsageError("--profile, --leave-section, --keep-ptx and --drop-lto need --arch")
     sources: list[LibrarySource] = []
     for t in args.targets:
         sources.extend(find_libraries(t))

@@ -298,3 +298,11 @@ def test_environment_lock_belongs_to_the_environment(
     finally:
         os.close(fd)
     assert not [p for p in site.iterdir() if p.name.startswith(".slimwheel") and "lock" in p.name]
+
+
+@pytest.mark.parametrize("flag", [["--keep-ptx"], ["--drop-lto"], ["--leave-section", ".rodata"]])
+def test_inspect_refuses_slimming_flags_without_arch(
+    lib: Path, capsys: pytest.CaptureFixture[str], flag: list[str]
+) -> None:
+    assert main(["inspect", str(lib), "-q", *flag]) == 2
+    assert "need --arch" in capsys.readouterr().err
