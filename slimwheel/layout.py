@@ -280,9 +280,7 @@ def plan_output(
     note = ""
     holes: list[Hole] = []
     if compact:
-        if any(p.type == PT.PHDR for p in elf.segments):
-            note = "has PT_PHDR: its program headers cannot move; zeroed, not compacted"
-        elif not elf.sections:
+        if not elf.sections:
             note = "has no section headers; zeroed, not compacted"
         else:
             holes = find_holes(elf, edit, min_hole=min_hole)
@@ -300,6 +298,13 @@ def plan_output(
     # Without a hole nothing moves: the tables stay where they are (a packed
     # section keeps its old size, zero tail included).
     rewrite_tables = compacted and bool(holes)
+    if rewrite_tables:
+        # PT_PHDR names the loaded copy of the program headers, which stays as
+        # it was (it is part of the first segment's bytes) and no longer
+        # describes the file. Without PT_PHDR, and with the new table outside
+        # every PT_LOAD, glibc copies the table from the file (dl-load.c:
+        # "The program header is not contained in any of the segments").
+        segments = [p for p in segments if p.type != PT.PHDR]
     body_end = elf.size
     if rewrite_tables and h.shoff and h.shoff + len(elf.sections) * h.shentsize == elf.size:
         body_end = h.shoff  # the old section header table was last: drop it

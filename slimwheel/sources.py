@@ -23,6 +23,7 @@ from pathlib import Path
 from .condapkg import iter_files, package_format
 from .elf import ELF_MAGIC, is_elf
 from .errors import InputError
+from .files import check_regular
 
 # Members of these kinds are never ELF libraries; skip opening them.
 _TEXT_SUFFIXES = (".py", ".pyi", ".pyc", ".txt", ".md", ".json", ".h", ".hpp", ".cuh", ".typed")
@@ -185,9 +186,8 @@ def find_libraries(target: str) -> list[LibrarySource]:
     """Every ELF library in ``target`` (a path, or an installed distribution's name)."""
     if os.path.isdir(target):
         return _directory_libraries(target)
-    if os.path.exists(target):
-        if not os.path.isfile(target):
-            raise InputError("not a regular file", path=target)
+    if os.path.lexists(target):
+        check_regular(target)  # a FIFO, a link loop, an unreadable file: named for what it is
         if package_format(target):
             return _conda_libraries(target)
         if zipfile.is_zipfile(target):

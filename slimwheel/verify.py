@@ -138,6 +138,18 @@ def check_structure(elf: ElfFile, report: VerifyReport) -> None:
                 report.fail(f"PT_LOAD {p.index} has filesz > memsz")
             if p.align > 1 and (p.offset - p.vaddr) % p.align:
                 report.fail(f"PT_LOAD {p.index}: offset not congruent to vaddr mod {p.align}")
+    h = elf.header
+    for p in elf.segments:
+        if p.type != PT.PHDR:
+            continue
+        # The loader takes PT_PHDR's memory as the program headers: it must be them.
+        try:
+            loaded = elf.read(elf.vaddr_to_offset(p.vaddr, p.filesz), p.filesz)
+        except SlimwheelError:
+            report.fail("PT_PHDR is not backed by a PT_LOAD")
+            continue
+        if loaded != elf.read(h.phoff, h.phnum * h.phentsize, "program header table"):
+            report.fail("PT_PHDR's memory is not the file's program header table")
     for s in elf.sections:
         if s.type in (SHT.NULL, SHT.NOBITS):
             continue

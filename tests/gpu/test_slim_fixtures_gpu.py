@@ -32,6 +32,7 @@ HARNESS = {
     "managed": "fixture_managed_run",
     "rdc": "rdc_run",
     "big": "big_run",
+    "big_phdr": "big_run",
     "embedded": "embedded_run",
     "per_arch": "per_arch_run",
     "sm80_only": "fixture_run",

@@ -276,3 +276,46 @@ def test_extended_section_numbering(fixture_libs: dict[str, Path], tmp_path: Pat
     assert readelf_warnings(out, "-S") == set()
     assert readelf_warnings(out) <= readelf_warnings(orig)
     ctypes.CDLL(str(out))
+
+
+def test_pt_phdr_library_is_compacted(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    """PT_PHDR (gold, lld) no longer stops compaction: the new program header table
+    lies outside every segment and PT_PHDR is dropped, so glibc copies the table
+    from the file instead of using the stale one in memory."""
+    import ctypes
+
+    from slimwheel.elf import PT, open_elf
+
+    orig = fixture_libs["big_phdr"]
+    with open_elf(orig) as elf:
+        assert any(p.type == PT.PHDR for p in elf.segments), "the fixture has PT_PHDR"
+    out = tmp_path / "slim.so"
+    r = slim_library(orig, out, LibraryPolicy(targets=parse_targets(["sm_90"])))
+    assert r.compacted and r.note == "" and r.report.problems == []
+    removed = r.device_bytes_before - r.device_bytes_after
+    assert r.saved >= 0.95 * removed - 64 * 1024, (r.saved, removed)
+    with open_elf(out) as slim:
+        assert not any(p.type == PT.PHDR for p in slim.segments)
+        assert slim.header.phoff >= max(p.offset + p.filesz for p in slim.loads)
+    assert readelf_warnings(out) <= readelf_warnings(orig)
+    ctypes.CDLL(str(out))  # glibc maps it
+    zeroed = tmp_path / "zeroed.so"
+    slim_library(orig, zeroed, LibraryPolicy(targets=parse_targets(["sm_90"]), compact=False))
+    with open_elf(zeroed) as z:
+        assert any(p.type == PT.PHDR for p in z.segments), "nothing moves: PT_PHDR stays"
+    # verify refuses a PT_PHDR whose memory is not the file's program header table:
+    # the original with e_phoff pointing at a changed copy of its table, appended.
+    import struct
+
+    from slimwheel.elf import ElfFile
+    from slimwheel.verify import VerifyReport, check_structure
+
+    data = bytearray(orig.read_bytes())
+    h = ElfFile(bytes(data)).header
+    table = bytearray(data[h.phoff : h.phoff + h.phnum * 56])
+    table[-56 + 24 : -56 + 32] = (12345).to_bytes(8, "little")  # last entry's p_paddr
+    struct.pack_into("<Q", data, 0x20, len(data))
+    data += table
+    report = VerifyReport()
+    check_structure(ElfFile(bytes(data)), report)
+    assert "PT_PHDR's memory is not the file's program header table" in report.problems
