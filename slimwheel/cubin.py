@@ -11,6 +11,8 @@ PTX is read from its ``.entry`` and ``.global``/``.const`` directives.
 from __future__ import annotations
 
 import re
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .elf import SHN_LORESERVE, SHN_UNDEF, SHT, STT, Buffer, ElfFile, EMachine
@@ -116,3 +118,99 @@ def read_element(buf: Buffer, el: Element, *, name: str) -> ModuleSymbols | None
         return read_cubin(data, label)
     except SlimwheelError as exc:
         raise CubinError(exc.message, path=label) from None
+
+
+# -- bare cubins -------------------------------------------------------------------
+#
+# Some libraries embed cubins without a fatbin around them (onnxruntime-gpu's
+# TensorRT attention kernels: 114 of them in .rodata) and load them themselves
+# (cuModuleLoadData). They are found by their ELF header (e_machine EM_CUDA)
+# in the sections that can hold device code, outside every fatbin region,
+# bounds-checked like everything else. slim leaves them in place.
+
+_CUBIN_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_CUBIN_SHDR = struct.Struct("<IIQQQQIIQQ")
+#: Section headers read to size one bare cubin (real ones have a few dozen to hundreds).
+MAX_BARE_SECTIONS = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class BareCubin:
+    section: str
+    offset: int  # file offset of its ELF header
+    size: int
+    arch: str  # "sm_90" (a/f variants cannot be told from a cubin's own header)
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+def _bare_size(buf: Buffer, at: int, limit: int) -> tuple[int, int] | None:
+    """(size, sm) of the cubin whose ELF header is at ``at``, or None if none fits
+    before ``limit``."""
+    if at + _CUBIN_EHDR.size > limit:
+        return None
+    (
+        ident,
+        _type,
+        machine,
+        _ver,
+        _entry,
+        phoff,
+        shoff,
+        flags,
+        _eh,
+        phentsize,
+        phnum,
+        shentsize,
+        shnum,
+        _str,
+    ) = _CUBIN_EHDR.unpack_from(buf, at)
+    if machine != EMachine.CUDA or ident[4] != 2 or ident[5] != 1:
+        return None
+    if shentsize != _CUBIN_SHDR.size or not 0 < shnum <= MAX_BARE_SECTIONS:
+        return None
+    end = max(shoff + shnum * shentsize, phoff + phnum * phentsize if phnum else 0)
+    if at + end > limit:
+        return None
+    for i in range(shnum):
+        fields = _CUBIN_SHDR.unpack_from(buf, at + shoff + i * shentsize)
+        if fields[1] != SHT.NOBITS:
+            end = max(end, fields[4] + fields[5])
+    if at + end > limit:
+        return None
+    # CUDA 12.8+ cubins (ELF ABI version 8) keep the SM in bits 8..15, older ones in 0..7.
+    sm = (flags >> 8) & 0xFF if ident[8] >= 8 else flags & 0xFF
+    return end, sm
+
+
+def find_bare_cubins(elf: ElfFile, regions: Sequence[tuple[int, int]]) -> list[BareCubin]:
+    """Cubins embedded without a fatbin, in the sections ``fatbin.scan`` searches;
+    ``regions``: the (start, end) file ranges of the fatbin regions found there."""
+    from .fatbin import candidate_sections
+
+    out: list[BareCubin] = []
+    spans = sorted(regions)
+    magic = b"\x7fELF"
+    for s in candidate_sections(elf):
+        pos, limit = s.offset, min(s.offset + s.size, elf.size)
+        while (at := elf.buf.find(magic, pos, limit)) >= 0:
+            pos = at + 1
+            inside = next((b for a, b in spans if a <= at < b), None)
+            if inside is not None:  # a fatbin element's cubin: not bare
+                pos = inside
+                continue
+            got = _bare_size(elf.buf, at, limit)
+            if got is None:
+                continue
+            size, sm = got
+            out.append(BareCubin(s.name, at, size, f"sm_{sm}"))
+            pos = at + size
+    return out
+
+
+def read_bare_cubin(buf: Buffer, cubin: BareCubin, *, name: str) -> ModuleSymbols:
+    return read_cubin(
+        bytes(buf[cubin.offset : cubin.end]), f"{name}: bare cubin at {cubin.offset:#x}"
+    )

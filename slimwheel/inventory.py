@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .cubin import ModuleSymbols, read_element
+from .cubin import BareCubin, ModuleSymbols, find_bare_cubins, read_bare_cubin, read_element
 from .elf import ElfFile, map_file, release
 from .errors import SlimwheelError
 from .fatbin import RELEASE_EVERY, FatbinLayout, scan
@@ -30,6 +30,12 @@ class LibraryScan:
     symbols: Mapping[int, ModuleSymbols | None] | None  # element offset -> symbols
     plan: Plan | None
     note: str = ""  # a warning for the user
+    bare_cubins: tuple[BareCubin, ...] = ()  # cubins with no fatbin around them (left in place)
+    bare_symbols: Mapping[int, ModuleSymbols] | None = None  # offset -> symbols (--kernels)
+
+    @property
+    def bare_bytes(self) -> int:
+        return sum(c.size for c in self.bare_cubins)
 
     @property
     def device_bytes(self) -> int:
@@ -70,6 +76,12 @@ def scan_library(
                     if el.end - swept > RELEASE_EVERY:
                         release(buf, swept, el.offset)
                         swept = el.offset
+            bare = tuple(
+                find_bare_cubins(elf, [(r.offset, r.offset + r.total_size) for r in layout.regions])
+            )
+            bare_symbols = (
+                {c.offset: read_bare_cubin(buf, c, name=label) for c in bare} if kernels else None
+            )
             plan, note = None, ""
             if policy is not None and policy.targets:
                 sha = file_sha256(path) if policy.needs_hash else None
@@ -84,6 +96,8 @@ def scan_library(
                 symbols=symbols,
                 plan=plan,
                 note=note,
+                bare_cubins=bare,
+                bare_symbols=bare_symbols,
             )
     except SlimwheelError as exc:
         if exc.path == os.fspath(path):

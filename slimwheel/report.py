@@ -12,6 +12,7 @@ from typing import Any
 
 from . import __version__
 from .arch import Target
+from .cubin import BareCubin
 from .fatbin import Element
 from .inventory import LibraryScan
 
@@ -74,9 +75,19 @@ def library_document(scan: LibraryScan, *, elements: bool = False) -> Doc:
             "bytes": scan.plan.removed_bytes,
             "elements": scan.plan.removed_elements,
         }
+    doc["bare_cubin_bytes"] = scan.bare_bytes
+    doc["bare_cubins"] = [_bare_document(scan, c) for c in scan.bare_cubins]
     if elements or scan.symbols is not None:
         doc["element_list"] = _element_list(scan)
     return doc
+
+
+def _bare_document(scan: LibraryScan, c: BareCubin) -> Doc:
+    out: Doc = {"section": c.section, "offset": c.offset, "bytes": c.size, "arch": c.arch}
+    if scan.bare_symbols is not None:
+        syms = scan.bare_symbols[c.offset]
+        out["kernels"] = list(syms.kernels)
+    return out
 
 
 def _element_list(scan: LibraryScan) -> list[Doc]:
@@ -138,6 +149,7 @@ def inspect_document(
         "uncompressed_payload_bytes": sum(d["uncompressed_payload_bytes"] for d in libs),
         "regions": sum(d["regions"] for d in libs),
         "elements": sum(d["elements"] for d in libs),
+        "bare_cubin_bytes": sum(d["bare_cubin_bytes"] for d in libs),
         "removable_bytes": (
             sum(d["removable"]["bytes"] for d in libs if d["removable"]) if targets else None
         ),

@@ -101,7 +101,7 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
 
     console = make_console()
     targets = doc["targets"]
-    libs = [lib for lib in doc["libraries"] if show_all or lib["regions"]]
+    libs = [lib for lib in doc["libraries"] if show_all or lib["regions"] or lib["bare_cubins"]]
     table = Table(title="CUDA device code", title_justify="left", show_footer=True)
     totals = doc["totals"]
     table.add_column("library", footer=f"total ({totals['libraries']} libraries)")
@@ -147,6 +147,8 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
             f"The {len(top)} largest libraries hold {_pct(share, device_total)} of the device code."
         )
     for lib in libs:
+        if lib["bare_cubins"]:
+            _render_bare(console, lib)
         if not lib["regions"]:
             continue
         console.print(
@@ -171,6 +173,23 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
             f"\nA slim for {', '.join(targets)} would remove {human(removable)} of "
             f"{human(size)} ({_pct(removable, size)})."
         )
+
+
+def _render_bare(console: Console, lib: Doc) -> None:
+    by_arch: dict[str, int] = {}
+    for c in lib["bare_cubins"]:
+        by_arch[c["arch"]] = by_arch.get(c["arch"], 0) + c["bytes"]
+    arches = ", ".join(f"{a} {human(n)}" for a, n in sorted(by_arch.items()))
+    console.print(
+        f"\n{lib['name']}: {len(lib['bare_cubins'])} bare cubins ({human(lib['bare_cubin_bytes'])}:"
+        f" {arches}), loaded by the library itself; slim leaves them in place",
+        markup=False,
+    )
+    for c in lib["bare_cubins"]:
+        for k in c.get("kernels", ()):
+            console.print(
+                f"        kernel   {k}  ({c['arch']}, bare cubin @{c['offset']:#x})", markup=False
+            )
 
 
 def _render_element(console: Console, el: Doc) -> None:

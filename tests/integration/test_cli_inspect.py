@@ -195,3 +195,76 @@ def test_console_script_and_module(fixture_libs: dict[str, Path], tmp_path: Path
             [sys.executable, "-m", "slimwheel", *sub, "--help"], capture_output=True, text=True
         )
         assert help_out.returncode == 0 and "usage: slimwheel" in help_out.stdout
+
+
+def test_bare_cubins_are_found_and_left_in_place(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cubins with no fatbin around them (in .rodata) are reported, with their arch and
+    kernels, checked against pyelftools; slim keeps them byte for byte."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    lib = fixture_libs["bare"]
+    doc = run_json(capsys, str(lib), "--kernels", "--arch", "sm_90")
+    (entry,) = doc["libraries"]  # type: ignore[index]
+    bare = entry["bare_cubins"]
+    assert [(c["section"], c["arch"], c["kernels"]) for c in bare] == [
+        (".rodata", "sm_80", ["big_gather"]),
+        (".rodata", "sm_90", ["big_gather"]),
+    ]
+    assert entry["bare_cubin_bytes"] == sum(c["bytes"] for c in bare)
+    assert doc["totals"]["bare_cubin_bytes"] == entry["bare_cubin_bytes"]  # type: ignore[index]
+    data = lib.read_bytes()
+    for c in bare:
+        blob = data[c["offset"] : c["offset"] + c["bytes"]]
+        elf = ELFFile(io.BytesIO(blob))  # the oracle reads every section inside the range
+        assert elf["e_machine"] == "EM_CUDA"
+        for s in elf.iter_sections():
+            if s["sh_type"] != "SHT_NOBITS":
+                assert s["sh_offset"] + s["sh_size"] <= len(blob)
+        names = {
+            sym.name
+            for s in elf.iter_sections()
+            if s["sh_type"] == "SHT_SYMTAB"
+            for sym in s.iter_symbols()
+        }
+        assert "big_gather" in names
+    # the fatbin elements are still what the plan judges; bare cubins are not in it
+    assert entry["elements"] == 4 and entry["removable"]["elements"] == 2
+    out = tmp_path / "slim.so"
+    assert main(["slim", str(lib), "--arch", "sm_90", "-o", str(out)]) == 0
+    capsys.readouterr()
+    slim = run_json(capsys, str(out))
+    kept = slim["libraries"][0]["bare_cubins"]  # type: ignore[index]
+    slim_data = out.read_bytes()
+    assert [(c["arch"], c["bytes"]) for c in kept] == [(c["arch"], c["bytes"]) for c in bare]
+    for a, b in zip(bare, kept, strict=True):
+        assert (
+            slim_data[b["offset"] : b["offset"] + b["bytes"]]
+            == data[a["offset"] : a["offset"] + a["bytes"]]
+        )
+    assert "2 bare cubins" in _text(capsys, str(lib))
+
+
+def _text(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    capsys.readouterr()
+    assert main(["inspect", "-q", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_broken_bare_cubin_headers_are_ignored(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import struct
+
+    data = bytearray(fixture_libs["bare"].read_bytes())
+    first = data.find(b"\x7fELF", 64)
+    while data[first + 18] != 190:
+        first = data.find(b"\x7fELF", first + 1)
+    struct.pack_into("<H", data, first + 0x3C, 0xFFFF)  # e_shnum: runs past the section
+    lib = tmp_path / "broken.so"
+    lib.write_bytes(bytes(data))
+    doc = run_json(capsys, str(lib))
+    assert len(doc["libraries"][0]["bare_cubins"]) == 1  # type: ignore[index]
