@@ -76,11 +76,11 @@ def _open_wheel(path: str, store_root: str) -> WheelInfo:
     """Validate a wheel; every member's hash is checked once per wheel content."""
     store = Store(store_root)
     sha = file_sha256(path)
-    known = store.is_validated(sha)
+    known = store.knows("validated", sha)
     info = open_wheel(path, check_hashes=not known)
     info.sha256 = sha
     if not known:
-        store.record_validated(sha)
+        store.record("validated", sha)
     return info
 
 
@@ -151,7 +151,7 @@ def provenance(source: dict[str, str], policy: SlimPolicy, libs: list[LibraryOut
                 "elements_after": lib.elements_after,
             }
             for lib in sorted(libs, key=lambda x: x.member)
-            if lib.has_code
+            if lib.rewritten
         ],
     }
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
@@ -175,7 +175,7 @@ def assemble(
 ) -> BuildResult:
     store = Store(store_root)
     contents: dict[str, Content] = {
-        lib.member: deflated(store, lib) for lib in libs if lib.has_code
+        lib.member: deflated(store, lib) for lib in libs if lib.rewritten
     }
     source = {"wheel": info.filename, "sha256": info.sha256 or file_sha256(info.path)}
     dest, installed = rewrite_wheel(
@@ -264,12 +264,12 @@ def build_wheels(
         todo = [
             (info, opts, libs, outdir, root)
             for info, libs in zip(infos, per_wheel, strict=True)
-            if any(lib.has_code for lib in libs)
+            if any(lib.rewritten for lib in libs)
         ]
         built = iter(run(assemble, todo))
         results = []
         for info, libs in zip(infos, per_wheel, strict=True):
-            if any(lib.has_code for lib in libs):
+            if any(lib.rewritten for lib in libs):
                 got = next(built)
                 if isinstance(got, SlimwheelError):
                     raise got

@@ -3,9 +3,11 @@
 ``build`` (wheels and conda packages), ``slim-env`` and ``install`` slim a
 library with :func:`slim_through_store`. Given the library's SHA-256 (a
 validated RECORD or ``paths.json`` already says it), a library the store
-knows to carry no device code, or whose slim output the store already holds
-for this policy, is settled without reading it; only a miss asks ``source``
-for the file on disk, scans it and slims it.
+knows to need nothing (no device code; with ``--strip``, nothing to strip
+either), or whose slim output the store already holds for this policy, is
+settled without reading it; only a miss asks ``source`` for the file on
+disk, scans it and slims it. "Rewritten" libraries are those with device
+code, and with ``--strip`` every library with sections to strip.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from .elf import ElfFile, map_file
 from .errors import SlimwheelError
 from .fatbin import scan
+from .layout import strippable_sections
 from .policy import LibraryPolicy, SlimPolicy
 from .slim import slim_library
 from .store import Entry, Store
@@ -30,7 +33,7 @@ class LibraryOutcome:
     member: str
     sha256_before: str
     bytes_before: int
-    has_code: bool
+    rewritten: bool
     sha256_after: str = ""
     bytes_after: int = 0
     elements_before: int = 0
@@ -42,7 +45,7 @@ class LibraryOutcome:
 
     @property
     def changed(self) -> bool:
-        return self.has_code and self.sha256_after != self.sha256_before
+        return self.rewritten and self.sha256_after != self.sha256_before
 
 
 def on_disk(path: str) -> Callable[[], AbstractContextManager[str]]:
@@ -50,10 +53,12 @@ def on_disk(path: str) -> Callable[[], AbstractContextManager[str]]:
     return lambda: nullcontext(path)
 
 
-def has_device_code(path: str, where: str) -> bool:
+def _work_in(path: str, where: str, *, strip: bool) -> tuple[bool, bool]:
+    """(has device code, has sections --strip removes) of the library at ``path``."""
     try:
         with map_file(path) as buf:
-            return bool(scan(ElfFile(buf, where)).regions)
+            elf = ElfFile(buf, where)
+            return bool(scan(elf).regions), strip and bool(strippable_sections(elf))
     except SlimwheelError as exc:
         if exc.path == path:
             exc.path = where
@@ -76,17 +81,24 @@ def slim_through_store(
     ``source()`` gives a path holding the library; it is called only when the
     store cannot answer without the bytes.
     """
-    if store.knows_no_device_code(sha256):
-        return LibraryOutcome(member, sha256, size, has_code=False)
+    nothing = store.knows("no-device-code", sha256) and (
+        not policy.strip or store.knows("nothing-to-strip", sha256)
+    )
+    if nothing:
+        return LibraryOutcome(member, sha256, size, rewritten=False)
     lib = policy.for_library(posixpath.basename(member), sha256)
     key = lib.store_key(sha256)
     entry = store.lookup(key)
     built = False
     if entry is None:
         with source() as path:
-            if not has_device_code(path, where):
-                store.record_no_device_code(sha256)
-                return LibraryOutcome(member, sha256, size, has_code=False)
+            code, strippable = _work_in(path, where, strip=policy.strip)
+            if not code:
+                store.record("no-device-code", sha256)
+            if policy.strip and not strippable:
+                store.record("nothing-to-strip", sha256)
+            if not (code or strippable):
+                return LibraryOutcome(member, sha256, size, rewritten=False)
             entry, built = store.get_or_build(key, _builder(path, where, lib))
     return _outcome(member, sha256, size, entry, built, lib.note)
 
@@ -110,7 +122,7 @@ def _outcome(
         member,
         sha256,
         size,
-        has_code=True,
+        rewritten=True,
         sha256_after=entry.sha256,
         bytes_after=entry.size,
         elements_before=int(summary.get("elements_before", 0)),

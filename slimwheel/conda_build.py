@@ -79,7 +79,7 @@ def build_package(
                 libs.append(outcome)
         installed_before = sum(m.size for m in pkg.members if m.kind in ("file", "hardlink"))
         size = os.path.getsize(path)
-        slim = {lib.member: lib for lib in libs if lib.has_code}
+        slim = {lib.member: lib for lib in libs if lib.rewritten}
         if not slim:
             dest = os.path.join(outdir, pkg.filename)
             with atomic_output(dest, mode=0o644) as out, open(path, "rb") as src:

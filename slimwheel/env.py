@@ -37,6 +37,7 @@ from .elf import ElfFile, is_elf, map_file
 from .errors import InputError
 from .fatbin import scan
 from .files import describe_oserror, open_regular, read_json
+from .layout import strippable_sections
 from .policy import SlimPolicy
 from .slim import make_plan
 from .store import Store, file_sha256
@@ -454,7 +455,8 @@ class Environment:
         return self.records.distribution(owner).lower().replace("-", "_") in norm
 
     # discovery
-    def candidates(self, only: Sequence[str] = ()) -> list[tuple[str, str]]:
+    def candidates(self, only: Sequence[str] = (), *, strip: bool = False) -> list[tuple[str, str]]:
+        """Libraries with device code (with ``strip``: also those with sections to strip)."""
         out = []
         for dist_info, rel in self.records.files():
             if not self.wanted(dist_info, only):
@@ -469,7 +471,8 @@ class Environment:
                     path=str(self.site),
                 )
             with map_file(p) as buf:
-                if not scan(ElfFile(buf, str(p))).regions:
+                elf = ElfFile(buf, str(p))
+                if not scan(elf).regions and not (strip and strippable_sections(elf)):
                     continue
             out.append((dist_info, rel))
         return out
@@ -499,7 +502,7 @@ def slim_env(
     changes = []
     names = [t.name for t in policy.targets]
     with env.locked():
-        candidates = env.candidates(only)
+        candidates = env.candidates(only, strip=policy.strip)
         if not dry_run:
             env.preflight([(o, r) for o, r in candidates if r not in env.entries])
         for dist_info, rel in candidates:
@@ -565,8 +568,10 @@ def _dry_run(path: Path, rel: str, size: int, policy: SlimPolicy) -> EnvChange:
     sha = file_sha256(path) if policy.needs_hash else None
     lib = policy.for_library(path.name, sha)
     with map_file(path) as buf:
-        plan = make_plan(buf, str(path), scan(ElfFile(buf, str(path))), lib)
-    return EnvChange(rel, size, size - plan.removed_bytes, "dry run", lib.note)
+        elf = ElfFile(buf, str(path))
+        plan = make_plan(buf, str(path), scan(elf), lib)
+        stripped = sum(s.size for s in strippable_sections(elf)) if policy.strip else 0
+    return EnvChange(rel, size, size - plan.removed_bytes - stripped, "dry run", lib.note)
 
 
 def restore_env(

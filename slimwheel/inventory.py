@@ -14,6 +14,7 @@ from .cubin import BareCubin, ModuleSymbols, find_bare_cubins, read_bare_cubin, 
 from .elf import ElfFile, map_file, release
 from .errors import SlimwheelError
 from .fatbin import RELEASE_EVERY, FatbinLayout, scan
+from .layout import strippable_sections
 from .plan import Plan
 from .policy import SlimPolicy
 from .slim import make_plan
@@ -31,6 +32,7 @@ class LibraryScan:
     plan: Plan | None
     note: str = ""  # a warning for the user
     bare_cubins: tuple[BareCubin, ...] = ()  # cubins with no fatbin around them (left in place)
+    strip_bytes: int = 0  # what --strip would remove (DWARF, static symbol table)
     bare_symbols: Mapping[int, ModuleSymbols] | None = None  # offset -> symbols (--kernels)
 
     @property
@@ -98,6 +100,7 @@ def scan_library(
                 note=note,
                 bare_cubins=bare,
                 bare_symbols=bare_symbols,
+                strip_bytes=sum(s.size for s in strippable_sections(elf)),
             )
     except SlimwheelError as exc:
         if exc.path == os.fspath(path):

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import bisect
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .elf import PT, SHN_LORESERVE, SHT, ElfFile, EMachine, Section, Segment
 from .rewrite import Edit, Piece, PieceKind, Replacement
 
 #: Zero runs shorter than this stay in the file (each costs one PT_LOAD).
 DEFAULT_MIN_HOLE = 64 << 10
+
+SHF_INFO_LINK = 0x40  # sh_info holds a section index
 
 _EHDR_TAIL = struct.Struct("<QQIHHHHHH")  # e_phoff .. e_shstrndx, at offset 32
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -43,6 +45,7 @@ class Hole:
     offset: int
     end: int
     section: int
+    strip: bool = False  # a stripped section's bytes (outside every PT_LOAD), not zeros
 
     @property
     def length(self) -> int:
@@ -58,6 +61,7 @@ class OutputLayout:
     sections: list[Section]
     compacted: bool
     note: str = ""  # why compaction was not done, when it was asked for
+    stripped: list[Hole] = field(default_factory=list)  # sections --strip took out
 
     @property
     def load_count(self) -> int:
@@ -255,7 +259,7 @@ def _cut_holes(body: list[tuple[int, Piece]], holes: list[Hole]) -> list[Piece]:
             if h is None or h.offset >= end:
                 out.append(_slice(p, cur - at, end - cur))
                 break
-            if p.kind is not PieceKind.ZERO:
+            if p.kind is not PieceKind.ZERO and not h.strip:
                 raise AssertionError(f"hole at {h.offset:#x} covers non-zero output")
             if h.offset > cur:
                 out.append(_slice(p, cur - at, h.offset - cur))
@@ -273,8 +277,55 @@ def _slice(p: Piece, start: int, length: int) -> Piece:
     return Piece.zeros(length)
 
 
+#: What ``--strip`` takes out: sections no process maps. Symbols of ``.dynsym``
+#: (what the dynamic loader and dladdr use) and everything allocated stay.
+STRIP_PREFIXES = (".debug_", ".zdebug_", ".rela.debug_", ".rel.debug_")
+
+
+def strippable_sections(elf: ElfFile) -> list[Section]:
+    """DWARF and the static symbol table (``.symtab`` and its ``.strtab``): not
+    allocated, outside every PT_LOAD's file bytes, and named by no section kept."""
+    shstrndx = elf.section_numbering[1] if elf.sections else 0
+    loads = [(p.offset, p.offset + p.filesz) for p in elf.loads]
+    picked = {
+        s.index: s
+        for s in elf.sections
+        if not s.alloc
+        and s.type not in (SHT.NULL, SHT.NOBITS)
+        and s.size
+        and (s.name.startswith(STRIP_PREFIXES) or s.type == SHT.SYMTAB)
+    }
+    for s in list(picked.values()):
+        if s.type == SHT.SYMTAB and 0 < s.link < len(elf.sections):
+            strtab = elf.sections[s.link]
+            if strtab.type == SHT.STRTAB and not strtab.alloc and strtab.index != shstrndx:
+                picked[strtab.index] = strtab
+    changed = True
+    while changed:  # what a kept section links to stays (and so on)
+        changed = False
+        for s in elf.sections:
+            if s.index in picked:
+                continue
+            for ref in (s.link, s.info if s.flags & SHF_INFO_LINK else 0):
+                if ref in picked:
+                    del picked[ref]
+                    changed = True
+    return [
+        s
+        for s in sorted(picked.values(), key=lambda s: s.offset)
+        if s.index != shstrndx
+        and not any(a < s.offset + s.size and s.offset < b for a, b in loads)
+        and s.offset + s.size <= elf.size
+    ]
+
+
 def plan_output(
-    elf: ElfFile, edit: Edit, *, compact: bool = True, min_hole: int = DEFAULT_MIN_HOLE
+    elf: ElfFile,
+    edit: Edit,
+    *,
+    compact: bool = True,
+    min_hole: int = DEFAULT_MIN_HOLE,
+    strip: bool = False,
 ) -> OutputLayout:
     """Where every output byte comes from."""
     note = ""
@@ -285,10 +336,17 @@ def plan_output(
         else:
             holes = find_holes(elf, edit, min_hole=min_hole)
     compacted = compact and not note
-    omap = _OffsetMap(holes)
+    cuts = [
+        Hole(s.offset, s.offset + s.size, s.index, strip=True)
+        for s in (strippable_sections(elf) if strip else ())
+    ]
+    removed = sorted([*holes, *cuts], key=lambda x: x.offset)
+    omap = _OffsetMap(removed)
     segments = _split_segments(elf, holes, omap)
-    if compacted and holes:
+    if (compacted and holes) or cuts:
         sections = _split_sections(elf, edit, holes, omap)
+        gone = {c.section for c in cuts}
+        sections = [_null_section(s) if s.index in gone else s for s in sections]
     else:
         sections = list(elf.sections)
     replacements = list(edit.replacements)
@@ -297,7 +355,7 @@ def plan_output(
     phoff, shoff = h.phoff, h.shoff
     # Without a hole nothing moves: the tables stay where they are (a packed
     # section keeps its old size, zero tail included).
-    rewrite_tables = compacted and bool(holes)
+    rewrite_tables = (compacted and bool(holes)) or bool(cuts)
     if rewrite_tables:
         # PT_PHDR names the loaded copy of the program headers, which stays as
         # it was (it is part of the first segment's bytes) and no longer
@@ -308,7 +366,7 @@ def plan_output(
     body_end = elf.size
     if rewrite_tables and h.shoff and h.shoff + len(elf.sections) * h.shentsize == elf.size:
         body_end = h.shoff  # the old section header table was last: drop it
-    body_size = body_end - sum(x.length for x in holes)
+    body_size = body_end - sum(x.length for x in removed)
     if rewrite_tables:
         # New tables at the end of the file, 8-byte aligned.
         pad = -body_size % 8
@@ -336,9 +394,27 @@ def plan_output(
         replacements.append(Replacement(32, len(header), (Piece.literal(header),)))
         replacements.sort(key=lambda r: r.offset)
     body = _body_pieces(body_end, replacements)
-    pieces = [p for p in _cut_holes(body, holes) + tables if p.length]
+    pieces = [p for p in _cut_holes(body, removed) + tables if p.length]
     size = sum(p.length for p in pieces)
-    return OutputLayout(pieces, size, holes, segments, sections, compacted, note)
+    return OutputLayout(pieces, size, holes, segments, sections, compacted, note, cuts)
+
+
+def _null_section(s: Section) -> Section:
+    """A stripped section's header: SHT_NULL, nameless, empty (indices stay as they were)."""
+    return replace(
+        s,
+        name="",
+        name_offset=0,
+        type=SHT.NULL,
+        flags=0,
+        addr=0,
+        offset=0,
+        size=0,
+        link=0,
+        info=0,
+        addralign=0,
+        entsize=0,
+    )
 
 
 def _number_sections(elf: ElfFile, sections: list[Section]) -> tuple[int, list[Section]]:

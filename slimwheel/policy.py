@@ -69,6 +69,7 @@ class LibraryPolicy:
     usage: LibraryUsage | None = None
     compact: bool = True
     min_hole: int = DEFAULT_MIN_HOLE
+    strip: bool = False  # also remove DWARF and the static symbol table (--strip)
     note: str = ""  # a warning for the user (the profile was recorded on another build)
 
     @property
@@ -89,6 +90,8 @@ class LibraryPolicy:
             options["compact"] = False
         elif self.min_hole != DEFAULT_MIN_HOLE:
             options["min_hole"] = self.min_hole
+        if self.strip:
+            options["strip"] = True
         return _digest(
             {
                 "library": library_sha256,
@@ -113,6 +116,7 @@ class SlimPolicy:
     profile_by_name: bool = False  # --profile-match name
     compact: bool = True
     min_hole: int = DEFAULT_MIN_HOLE
+    strip: bool = False  # --strip
     #: The digest of the whole profile (derived once, at construction).
     profile_digest: str | None = field(init=False, default=None)
 
@@ -148,6 +152,7 @@ class SlimPolicy:
             usage=usage,
             compact=self.compact,
             min_hole=self.min_hole,
+            strip=self.strip,
             note=note,
         )
 
@@ -155,7 +160,7 @@ class SlimPolicy:
     def label(self) -> str:
         """The default version label: ``sm90``, ``sm80.sm90.ptx``, ``sm90.nolto.p1a2b3c4d``.
 
-        Targets, then ``ptx`` and ``nolto``, then ``p`` + the profile's digest, then
+        Targets, then ``ptx``, ``nolto`` and ``strip``, then ``p`` + the profile's digest, then
         ``x`` + a digest of the other non-default options (sections left alone on
         request, file layout), so two different builds never share a label.
         """
@@ -164,6 +169,8 @@ class SlimPolicy:
             parts.append("ptx")
         if self.drop_lto:
             parts.append("nolto")
+        if self.strip:
+            parts.append("strip")
         if self.profile_digest:
             parts.append(f"p{self.profile_digest[:8]}")
         extra = self.layout_options()
@@ -195,4 +202,6 @@ class SlimPolicy:
             doc["leave_sections"] = list(self.leave_sections)
         if self.layout_options():
             doc["layout"] = self.layout_options()
+        if self.strip:
+            doc["strip"] = True
         return doc

@@ -75,6 +75,7 @@ def library_document(scan: LibraryScan, *, elements: bool = False) -> Doc:
             "bytes": scan.plan.removed_bytes,
             "elements": scan.plan.removed_elements,
         }
+    doc["strip_bytes"] = scan.strip_bytes
     doc["bare_cubin_bytes"] = scan.bare_bytes
     doc["bare_cubins"] = [_bare_document(scan, c) for c in scan.bare_cubins]
     if elements or scan.symbols is not None:
@@ -150,6 +151,7 @@ def inspect_document(
         "regions": sum(d["regions"] for d in libs),
         "elements": sum(d["elements"] for d in libs),
         "bare_cubin_bytes": sum(d["bare_cubin_bytes"] for d in libs),
+        "strip_bytes": sum(d["strip_bytes"] for d in libs),
         "removable_bytes": (
             sum(d["removable"]["bytes"] for d in libs if d["removable"]) if targets else None
         ),

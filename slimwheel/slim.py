@@ -41,6 +41,7 @@ class SlimResult:
     holes: int
     hole_bytes: int
     report: VerifyReport
+    stripped_bytes: int = 0  # sections --strip took out
 
     @property
     def saved(self) -> int:
@@ -78,7 +79,9 @@ def slim_library(
             layout = scan(elf)
             plan = make_plan(buf, label, layout, policy)
             edit = edits_for(elf, layout, plan)
-            out = plan_output(elf, edit, compact=policy.compact, min_hole=policy.min_hole)
+            out = plan_output(
+                elf, edit, compact=policy.compact, min_hole=policy.min_hole, strip=policy.strip
+            )
             with atomic_output(dest, mode=mode) as f:
                 written = write_pieces(fsrc, f, out.pieces)
                 if written != out.size:
@@ -111,6 +114,7 @@ def slim_library(
                 holes=len(out.holes),
                 hole_bytes=sum(h.length for h in out.holes),
                 report=report,
+                stripped_bytes=sum(c.length for c in out.stripped),
             )
     except SlimwheelError as exc:
         raise exc.with_path(label) from None

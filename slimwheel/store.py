@@ -278,19 +278,14 @@ class Store:
     def _fact(self, kind: str, sha256: str) -> Path:
         return self.root / kind / sha256[:2] / sha256
 
-    def knows_no_device_code(self, sha256: str) -> bool:
-        """Whether the library with this content was scanned and has no device code."""
-        return self._fact(f"libraries/v{SCAN_VERSION}", sha256).is_file()
+    def knows(self, fact: str, sha256: str) -> bool:
+        """Whether ``fact`` was recorded of the input with this content: a library
+        ``"no-device-code"`` or with ``"nothing-to-strip"``, an archive ``"validated"``
+        (every member hash checked)."""
+        return self._fact(_FACTS[fact], sha256).is_file()
 
-    def record_no_device_code(self, sha256: str) -> None:
-        self._record_fact(f"libraries/v{SCAN_VERSION}", sha256)
-
-    def is_validated(self, sha256: str) -> bool:
-        """Whether an input archive with this content had every member hash checked."""
-        return self._fact("validated", sha256).is_file()
-
-    def record_validated(self, sha256: str) -> None:
-        self._record_fact("validated", sha256)
+    def record(self, fact: str, sha256: str) -> None:
+        self._record_fact(_FACTS[fact], sha256)
 
     def _record_fact(self, kind: str, sha256: str) -> None:
         """A fact is an empty file: its name says it, and creating one is atomic."""
@@ -381,6 +376,15 @@ class Store:
             n += 1
         self.clean()  # what live runs are writing stays
         return n
+
+
+#: Where each kind of fact lives (scanner facts are versioned: a scanner that
+#: finds more must not trust an older one's "nothing here").
+_FACTS = {
+    "no-device-code": f"libraries/v{SCAN_VERSION}",
+    "nothing-to-strip": f"libraries/v{SCAN_VERSION}-nostrip",
+    "validated": "validated",
+}
 
 
 def _subdirs(d: Path) -> list[Path]:

@@ -195,7 +195,7 @@ def results_document(results: list[BuildResult], opts: BuildOptions) -> dict[str
                     "before": r.installed_bytes_before,
                     "after": r.installed_bytes_after,
                 },
-                "libraries_slimmed": sum(1 for lib in r.libraries if lib.has_code),
+                "libraries_slimmed": sum(1 for lib in r.libraries if lib.rewritten),
                 "libraries_built": sum(1 for lib in r.libraries if lib.built),
             }
             for r in results

@@ -151,10 +151,11 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
             _render_bare(console, lib)
         if not lib["regions"]:
             continue
+        strip = f", --strip {human(lib['strip_bytes'])}" if lib["strip_bytes"] else ""
         console.print(
             f"\n[bold]{lib['name']}[/bold]  {lib['machine']}"
             f"  wrappers {lib['wrappers']}, unreferenced regions "
-            f"{lib['unreferenced_regions']}"
+            f"{lib['unreferenced_regions']}{strip}"
         )
         console.print(f"  by section:     {_breakdown(lib['by_section'], 'section')}", markup=False)
         console.print(f"  by arch:        {_breakdown(lib['by_arch'], 'arch')}", markup=False)
@@ -167,6 +168,11 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
         )
         for el in lib.get("element_list", ()):
             _render_element(console, el)
+    if totals["strip_bytes"]:
+        console.print(
+            f"\n--strip would also remove {human(totals['strip_bytes'])} "
+            "(DWARF and static symbol tables; --all lists every library)."
+        )
     if targets:
         removable, size = totals["removable_bytes"] or 0, totals["file_bytes"]
         console.print(

@@ -73,6 +73,12 @@ def add_policy_options(
             help="zero removed bytes but keep the file layout (same size on disk)",
         )
         parser.add_argument(
+            "--strip",
+            action="store_true",
+            help="also remove what no process maps: DWARF (.debug_*) and the static symbol "
+            "table (.symtab/.strtab), from every ELF library, with device code or not",
+        )
+        parser.add_argument(
             "--min-hole",
             type=parse_size,
             default=DEFAULT_MIN_HOLE,
@@ -100,6 +106,7 @@ def policy_from(args: argparse.Namespace) -> SlimPolicy:
         profile_by_name=args.profile_match == "name",
         compact=not getattr(args, "no_compact", False),
         min_hole=getattr(args, "min_hole", DEFAULT_MIN_HOLE),
+        strip=getattr(args, "strip", False),
     )
 
 

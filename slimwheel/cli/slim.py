@@ -84,6 +84,11 @@ def print_summary(console: Console, r: SlimResult, dest: str) -> None:
         f"  ({r.holes} zero runs, {human(r.hole_bytes)}, taken out of the file)",
         markup=False,
     )
+    if r.stripped_bytes:
+        console.print(
+            f"  stripped      {human(r.stripped_bytes)} (DWARF, static symbol table)",
+            markup=False,
+        )
     if r.note:
         console.print(f"  note          {r.note}", markup=False)
     for section, why in r.plan.left_alone:
@@ -149,6 +154,7 @@ def result_document(r: SlimResult) -> dict[str, Any]:
         "pt_load": {"before": r.loads_before, "after": r.loads_after},
         "holes": {"count": r.holes, "bytes": r.hole_bytes},
         "compacted": r.compacted,
+        "stripped_bytes": r.stripped_bytes,
         "note": r.note,
         "left_alone": [{"section": s, "reason": why} for s, why in r.plan.left_alone],
         "not_used": {

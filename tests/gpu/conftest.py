@@ -7,6 +7,8 @@ from functools import cache
 
 import pytest
 
+from slimwheel.arch import Target
+
 
 @cache
 def gpu_capability() -> tuple[int, int] | None:
@@ -30,3 +32,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "tests/gpu/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def target() -> Target:
+    """This machine's GPU."""
+    cap = gpu_capability()
+    assert cap is not None
+    return Target(*cap)

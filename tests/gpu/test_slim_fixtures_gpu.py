@@ -18,7 +18,6 @@ import pytest
 from slimwheel.arch import Target
 from slimwheel.policy import LibraryPolicy
 from slimwheel.slim import slim_library
-from tests.gpu.conftest import gpu_capability
 
 RUNNER = Path(__file__).with_name("run_fixture.py")
 NO_KERNEL_IMAGE = 209
@@ -54,13 +53,6 @@ def run(lib: Path, harness: str, mode: str) -> dict[str, object]:
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
-@pytest.fixture(scope="module")
-def target() -> Target:
-    cap = gpu_capability()
-    assert cap is not None
-    return Target(*cap)
 
 
 @pytest.mark.gpu

@@ -39,11 +39,10 @@ def installed_site() -> Path:
     return Path(spec.origin).parent.parent
 
 
-def _slim_one(job: tuple[str, int, int, bool]) -> dict[str, object]:
-    path, major, minor, drop_lto = job
-    r: SlimResult = slim_library(
-        path, path, LibraryPolicy(targets=(Target(major, minor),), drop_lto=drop_lto)
-    )
+def _slim_one(job: tuple[str, int, int, bool, bool]) -> dict[str, object]:
+    path, major, minor, drop_lto, strip = job
+    policy = LibraryPolicy(targets=(Target(major, minor),), drop_lto=drop_lto, strip=strip)
+    r: SlimResult = slim_library(path, path, policy)
     return {
         "library": path,
         "before": r.file_bytes_before,
@@ -59,7 +58,7 @@ def slim_stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_and_slim(tmp_path_factory.mktemp("stack"))
 
 
-def copy_and_slim(copy: Path, *, drop_lto: bool = False) -> Path:
+def copy_and_slim(copy: Path, *, drop_lto: bool = False, strip: bool = False) -> Path:
     """Copy torch/ and nvidia/ (with .dist-info) of the installed site-packages
     to ``copy`` and slim every library there for this machine's GPU."""
     cap = gpu_capability()
@@ -79,11 +78,12 @@ def copy_and_slim(copy: Path, *, drop_lto: bool = False) -> Path:
     )
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 2), mp_context=spawn) as pool:
-        report = list(pool.map(_slim_one, [(p, *cap, drop_lto) for p in libs]))
+        report = list(pool.map(_slim_one, [(p, *cap, drop_lto, strip) for p in libs]))
     out = os.environ.get("SLIMWHEEL_GPU_OUT")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         name = "stack_slim_nolto.json" if drop_lto else "stack_slim.json"
+        name = "stack_slim_strip.json" if strip else name
         (Path(out) / name).write_text(json.dumps(report, indent=1))
     assert all(not r["problems"] for r in report)
     before = sum(int(r["before"]) for r in report)  # type: ignore[call-overload]

@@ -72,8 +72,8 @@ def test_pt_phdr_libraries_are_compacted(requirement: str, tmp_path: Path) -> No
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open_elf(src) as elf:
             assert any(p.type == PT.PHDR for p in elf.segments), f"{m} has PT_PHDR"
-            has_code = bool(scan(elf).regions)
-        if not has_code:
+            rewritten = bool(scan(elf).regions)
+        if not rewritten:
             continue
         r = slim_library(src, dest, policy.for_library(dest.name))
         removed = r.device_bytes_before - r.device_bytes_after

@@ -250,6 +250,7 @@ def test_labels_and_keys_name_every_option(lib: Path, profile: Path, tmp_path: P
             ["--leave-section", ".rodata"],
             ["--min-hole", "128K"],
             ["--no-compact"],
+            ["--strip"],
         ]
     ):
         out = tmp_path / f"o{i}"
@@ -257,9 +258,9 @@ def test_labels_and_keys_name_every_option(lib: Path, profile: Path, tmp_path: P
         assert main([*cmd, "--store", str(store), *flags]) == 0
         (built,) = out.glob("*.whl")
         names[built.name] = flags
-    assert len(names) == 7, f"every option gives its own version label: {sorted(names)}"
+    assert len(names) == 8, f"every option gives its own version label: {sorted(names)}"
     assert "demo-1.0+sm90-py3-none-linux_x86_64.whl" in names
-    assert len(Store(store).entries()) == 7
+    assert len(Store(store).entries()) == 8
 
 
 def test_build_json_matches_its_schema(
@@ -306,3 +307,64 @@ def test_inspect_refuses_slimming_flags_without_arch(
 ) -> None:
     assert main(["inspect", str(lib), "-q", *flag]) == 2
     assert "need --arch" in capsys.readouterr().err
+
+
+def _host_library(tmp_path: Path) -> Path:
+    """A host-only library with DWARF, compiled from tests/fixtures/src/hostonly.c."""
+    out = tmp_path / "libhost.so"
+    src = REPO / "tests" / "fixtures" / "src" / "hostonly.c"
+    subprocess.run(["cc", "-g", "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def _has_dwarf(data: bytes) -> bool:
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    elf = ELFFile(io.BytesIO(data))
+    return any(s.name.startswith(".debug_") or s.name == ".symtab" for s in elf.iter_sections())
+
+
+def test_strip_reaches_every_library(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = _host_library(tmp_path)
+    files = {
+        "demo/lib/libcode.so": fixture_libs["big_g"].read_bytes(),
+        "demo/lib/libhost.so": host.read_bytes(),
+    }
+    wheel = make_wheel(tmp_path, "demo", "1.0", files)
+    store = tmp_path / "store"
+    cmd = ["build", str(wheel), "--arch", "sm_90", "-q", "--store", str(store), "--strip"]
+    assert main([*cmd, "-o", str(tmp_path / "w")]) == 0
+    (built,) = (tmp_path / "w").glob("*.whl")
+    assert built.name == "demo-1.0+sm90.strip-py3-none-linux_x86_64.whl"
+    with zipfile.ZipFile(built) as zf:
+        for m, data in files.items():
+            assert _has_dwarf(data) and not _has_dwarf(zf.read(m)), m
+        prov = json.loads(zf.read("demo-1.0+sm90.strip.dist-info/slimwheel.json"))
+    assert prov["strip"] is True
+    assert {lib["path"] for lib in prov["libraries"]} == set(files)
+    schema = json.loads((REPO / "slimwheel/schemas/provenance.schema.json").read_text())
+    jsonschema.validate(prov, schema)
+    assert len(Store(store).entries()) == 2
+    # the same through slim-env, for the host-only library too
+    py, site = _venv_with(wheel, tmp_path)
+    assert (
+        main(["slim-env", "--python", str(py), "--arch", "sm_90", "--strip", "--store", str(store)])
+        == 0
+    )
+    with zipfile.ZipFile(built) as zf:
+        for m in files:
+            assert (site / m).read_bytes() == zf.read(m), m
+    assert len(Store(store).entries()) == 2, "one store entry per library, shared"
+    # without --strip, the host-only library is not touched
+    out = tmp_path / "plain"
+    assert (
+        main(["build", str(wheel), "--arch", "sm_90", "-q", "--store", str(store), "-o", str(out)])
+        == 0
+    )
+    (plain,) = out.glob("*.whl")
+    with zipfile.ZipFile(plain) as zf:
+        assert zf.read("demo/lib/libhost.so") == files["demo/lib/libhost.so"]

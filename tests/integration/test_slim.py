@@ -319,3 +319,55 @@ def test_pt_phdr_library_is_compacted(fixture_libs: dict[str, Path], tmp_path: P
     report = VerifyReport()
     check_structure(ElfFile(bytes(data)), report)
     assert "PT_PHDR's memory is not the file's program header table" in report.problems
+
+
+def test_strip_removes_what_no_process_maps(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--strip: DWARF and .symtab/.strtab leave the file; .dynsym, build-id notes,
+    .eh_frame and every loaded byte stay; the library loads; readelf finds no DWARF."""
+    import ctypes
+    import json
+
+    from elftools.elf.elffile import ELFFile
+
+    from slimwheel.layout import strippable_sections
+
+    orig = fixture_libs["big_g"]
+    with open_elf(orig) as elf:
+        names = {s.name for s in strippable_sections(elf)}
+        strip_bytes = sum(s.size for s in strippable_sections(elf))
+        dynsym = elf.read(
+            elf.section_by_name(".dynsym").offset, elf.section_by_name(".dynsym").size
+        )
+    assert {".debug_info", ".debug_line", ".symtab", ".strtab"} <= names
+    assert main(["inspect", str(orig), "--json", "-q"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["libraries"][0]["strip_bytes"] == strip_bytes == doc["totals"]["strip_bytes"]
+    out = tmp_path / "slim.so"
+    r = slim_library(orig, out, LibraryPolicy(targets=parse_targets(["sm_90"]), strip=True))
+    assert r.report.problems == [] and r.stripped_bytes == strip_bytes
+    plain = slim_library(
+        orig, tmp_path / "plain.so", LibraryPolicy(targets=parse_targets(["sm_90"]))
+    )
+    assert r.file_bytes_after <= plain.file_bytes_after - strip_bytes + 4096
+    with open(out, "rb") as f:
+        e = ELFFile(f)
+        kept = {s.name for s in e.iter_sections()}
+        assert not kept & names and {".dynsym", ".dynstr", ".eh_frame", ".shstrtab"} <= kept
+        assert e.get_section_by_name(".note.gnu.build-id") is not None
+        assert not e.has_dwarf_info() or not e.get_dwarf_info().has_debug_info
+        assert e.get_section_by_name(".dynsym").data() == dynsym
+    dwarf = subprocess.run(
+        ["readelf", "--debug-dump=info,abbrev,line,str,ranges,loc,aranges", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert dwarf.stdout.strip() == "" and dwarf.returncode == 0
+    assert readelf_warnings(out) <= readelf_warnings(orig)
+    ctypes.CDLL(str(out))
+    zeroed = tmp_path / "zeroed.so"  # --no-compact keeps the loaded layout; --strip still strips
+    z = slim_library(
+        orig, zeroed, LibraryPolicy(targets=parse_targets(["sm_90"]), compact=False, strip=True)
+    )
+    assert z.stripped_bytes == strip_bytes and z.report.problems == []
