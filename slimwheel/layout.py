@@ -284,7 +284,7 @@ STRIP_PREFIXES = (".debug_", ".zdebug_", ".rela.debug_", ".rel.debug_")
 
 def strippable_sections(elf: ElfFile) -> list[Section]:
     """DWARF and the static symbol table (``.symtab`` and its ``.strtab``): not
-    allocated, outside every PT_LOAD's file bytes, and named by no section kept."""
+    allocated, after every segment's file bytes, and named by no section kept."""
     shstrndx = elf.section_numbering[1] if elf.sections else 0
     loads = [(p.offset, p.offset + p.filesz) for p in elf.loads]
     picked = {
@@ -310,12 +310,13 @@ def strippable_sections(elf: ElfFile) -> list[Section]:
                 if ref in picked:
                     del picked[ref]
                     changed = True
+    # Only after the last byte any segment holds: a cut elsewhere would shift a
+    # segment's file offset off its page congruence.
+    after = max([0, *(b for _a, b in loads), *(p.offset + p.filesz for p in elf.segments)])
     return [
         s
         for s in sorted(picked.values(), key=lambda s: s.offset)
-        if s.index != shstrndx
-        and not any(a < s.offset + s.size and s.offset < b for a, b in loads)
-        and s.offset + s.size <= elf.size
+        if s.index != shstrndx and s.offset >= after and s.offset + s.size <= elf.size
     ]
 
 
