@@ -633,3 +633,29 @@ def test_plain_numbering_stays_plain(tmp_path: Path) -> None:
     assert (out.header.shnum, out.header.shstrndx) == (9, 6)
     zero = out.sections[0]
     assert (zero.type, zero.size, zero.link, zero.offset) == (0, 0, 0, 0)
+
+
+def test_strip_cuts_only_after_every_segment() -> None:
+    """A section behind which a segment still lies is never cut (that segment's file
+    offset would lose its page congruence); DWARF after the last segment is, and so
+    are .symtab and its .strtab, unless a kept section names them."""
+    from slimwheel.layout import strippable_sections
+    from tests.elf_bytes import Sec, Seg, elf_bytes
+
+    data = bytearray(0x4000)
+    segs = [Seg(1, 0, 0, 0x1000, 0x1000), Seg(1, 0x3000, 0x5000, 0x800, 0x800)]
+    secs = [
+        Sec(".text", 1, 0x6, 0x200, 0x200, 0x100),
+        Sec(".debug_info", 1, 0, 0, 0x1000, 0x800),  # before the second segment: stays
+        Sec(".data", 1, 0x3, 0x5000, 0x3000, 0x800),
+        Sec(".debug_line", 1, 0, 0, 0x3800, 0x100),  # after every segment: cut
+        Sec(".strtab", 3, 0, 0, 0x3900, 0x40),
+        Sec(".symtab", 2, 0, 0, 0x3940, 0x30, link=5, entsize=24),
+        Sec(".comment", 1, 0, 0, 0x3970, 0x10),
+    ]
+    elf = ElfFile(elf_bytes(segs, secs, data=bytes(data)))
+    assert [s.name for s in strippable_sections(elf)] == [".debug_line", ".strtab", ".symtab"]
+    # a kept section that links to .symtab keeps it (and its .strtab)
+    secs.append(Sec(".rela.note", 4, 0, 0, 0x3980, 0x18, link=6, entsize=24))
+    elf = ElfFile(elf_bytes(segs, secs, data=bytes(data)))
+    assert [s.name for s in strippable_sections(elf)] == [".debug_line"]
