@@ -310,14 +310,48 @@ def strippable_sections(elf: ElfFile) -> list[Section]:
                 if ref in picked:
                     del picked[ref]
                     changed = True
-    # Only after the last byte any segment holds: a cut elsewhere would shift a
-    # segment's file offset off its page congruence.
-    after = max([0, *(b for _a, b in loads), *(p.offset + p.filesz for p in elf.segments)])
+    spans = [*loads, *((p.offset, p.offset + p.filesz) for p in elf.segments if p.filesz)]
     return [
         s
         for s in sorted(picked.values(), key=lambda s: s.offset)
-        if s.index != shstrndx and s.offset >= after and s.offset + s.size <= elf.size
+        if s.index != shstrndx
+        and s.offset + s.size <= elf.size
+        and not any(a < s.offset + s.size and s.offset < b for a, b in spans)
     ]
+
+
+def strip_cuts(elf: ElfFile, sections: list[Section]) -> list[Hole]:
+    """The file ranges ``--strip`` takes out, for these (strippable) sections.
+
+    Sections next to each other form one run. A run behind which a segment
+    still lies (patchelf appends segments after the symbol table) leaves
+    only a whole number of pages, so every later segment moves by pages and
+    keeps its offset congruent to its address; the few bytes left over stay
+    in the file, named by no section. A run after every segment leaves whole.
+    """
+    granule = _alignment(elf)
+    kept = sorted(
+        (x.offset, x.offset + x.file_size)
+        for x in elf.sections
+        if x.file_size and x.type != SHT.NULL and x.index not in {s.index for s in sections}
+    )
+    seg_starts = [p.offset for p in elf.segments if p.filesz]
+    runs: list[tuple[int, int, int]] = []
+    for s in sections:
+        if runs:
+            a, b, idx = runs[-1]
+            between = any(b <= k0 < s.offset for k0, _k1 in kept)
+            if not between and s.offset - b < granule:
+                runs[-1] = (a, max(b, s.offset + s.size), idx)
+                continue
+        runs.append((s.offset, s.offset + s.size, s.index))
+    cuts = []
+    for a, b, idx in runs:
+        if any(start >= b for start in seg_starts):
+            b = a + (b - a) // granule * granule
+        if b > a:
+            cuts.append(Hole(a, b, idx, strip=True))
+    return cuts
 
 
 def plan_output(
@@ -337,16 +371,14 @@ def plan_output(
         else:
             holes = find_holes(elf, edit, min_hole=min_hole)
     compacted = compact and not note
-    cuts = [
-        Hole(s.offset, s.offset + s.size, s.index, strip=True)
-        for s in (strippable_sections(elf) if strip else ())
-    ]
+    stripped = strippable_sections(elf) if strip else []
+    cuts = strip_cuts(elf, stripped)
     removed = sorted([*holes, *cuts], key=lambda x: x.offset)
     omap = _OffsetMap(removed)
     segments = _split_segments(elf, holes, omap)
     if (compacted and holes) or cuts:
         sections = _split_sections(elf, edit, holes, omap)
-        gone = {c.section for c in cuts}
+        gone = {x.index for x in stripped}
         sections = [_null_section(s) if s.index in gone else s for s in sections]
     else:
         sections = list(elf.sections)

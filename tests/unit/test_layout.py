@@ -635,27 +635,39 @@ def test_plain_numbering_stays_plain(tmp_path: Path) -> None:
     assert (zero.type, zero.size, zero.link, zero.offset) == (0, 0, 0, 0)
 
 
-def test_strip_cuts_only_after_every_segment() -> None:
-    """A section behind which a segment still lies is never cut (that segment's file
-    offset would lose its page congruence); DWARF after the last segment is, and so
-    are .symtab and its .strtab, unless a kept section names them."""
-    from slimwheel.layout import strippable_sections
+def test_strip_cuts_keep_later_segments_congruent() -> None:
+    """A run of stripped sections behind which a segment still lies leaves whole pages
+    only (the segment moves by pages); a run after every segment leaves whole;
+    .symtab and its .strtab go unless a kept section names them."""
+    from slimwheel.layout import strip_cuts, strippable_sections
     from tests.elf_bytes import Sec, Seg, elf_bytes
 
-    data = bytearray(0x4000)
-    segs = [Seg(1, 0, 0, 0x1000, 0x1000), Seg(1, 0x3000, 0x5000, 0x800, 0x800)]
+    data = bytearray(0x8000)
+    segs = [Seg(1, 0, 0, 0x1000, 0x1000), Seg(1, 0x6000, 0x9000, 0x800, 0x800)]
     secs = [
         Sec(".text", 1, 0x6, 0x200, 0x200, 0x100),
-        Sec(".debug_info", 1, 0, 0, 0x1000, 0x800),  # before the second segment: stays
-        Sec(".data", 1, 0x3, 0x5000, 0x3000, 0x800),
-        Sec(".debug_line", 1, 0, 0, 0x3800, 0x100),  # after every segment: cut
-        Sec(".strtab", 3, 0, 0, 0x3900, 0x40),
-        Sec(".symtab", 2, 0, 0, 0x3940, 0x30, link=5, entsize=24),
-        Sec(".comment", 1, 0, 0, 0x3970, 0x10),
+        Sec(".debug_info", 1, 0, 0, 0x1000, 0x2800),  # before the second segment
+        Sec(".debug_abbrev", 1, 0, 0, 0x3800, 0x10),  # same run
+        Sec(".comment", 1, 0, 0, 0x4000, 0x10),  # kept: ends the run
+        Sec(".debug_str", 1, 0, 0, 0x4010, 0x800),  # a run shorter than a page: stays
+        Sec(".data", 1, 0x3, 0x9000, 0x6000, 0x800),
+        Sec(".debug_line", 1, 0, 0, 0x6800, 0x100),  # after every segment
+        Sec(".strtab", 3, 0, 0, 0x6900, 0x40),
+        Sec(".symtab", 2, 0, 0, 0x6940, 0x30, link=8, entsize=24),
     ]
     elf = ElfFile(elf_bytes(segs, secs, data=bytes(data)))
-    assert [s.name for s in strippable_sections(elf)] == [".debug_line", ".strtab", ".symtab"]
+    picked = strippable_sections(elf)
+    assert [s.name for s in picked] == [
+        ".debug_info",
+        ".debug_abbrev",
+        ".debug_str",
+        ".debug_line",
+        ".strtab",
+        ".symtab",
+    ]
+    cuts = [(c.offset, c.end) for c in strip_cuts(elf, picked)]
+    assert cuts == [(0x1000, 0x3000), (0x6800, 0x6970)]
     # a kept section that links to .symtab keeps it (and its .strtab)
-    secs.append(Sec(".rela.note", 4, 0, 0, 0x3980, 0x18, link=6, entsize=24))
+    secs.append(Sec(".rela.note", 4, 0, 0, 0x6980, 0x18, link=9, entsize=24))
     elf = ElfFile(elf_bytes(segs, secs, data=bytes(data)))
-    assert [s.name for s in strippable_sections(elf)] == [".debug_line"]
+    assert ".symtab" not in {s.name for s in strippable_sections(elf)}
