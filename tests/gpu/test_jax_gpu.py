@@ -76,9 +76,9 @@ def test_jax_with_compacted_xla_plugin(tmp_path: Path) -> None:
             continue
         with map_file(lib) as buf:
             elf = ElfFile(buf, str(lib))
-            rewritten = bool(scan(elf).regions)
+            has_code = bool(scan(elf).regions)
             phdr = any(p.type == PT.PHDR for p in elf.segments)
-        if not rewritten:
+        if not has_code:
             continue
         r = slim_library(lib, lib, policy.for_library(lib.name))
         slimmed[str(lib.relative_to(site))] = (r.file_bytes_before, r.file_bytes_after, phdr)

@@ -57,23 +57,24 @@ def _dlopen(paths: list[Path]) -> list[str]:
     return out.stdout.splitlines()
 
 
+@pytest.mark.parametrize("strip", [False, True], ids=["arch", "arch+strip"])
 @pytest.mark.parametrize("requirement", list(WHEELS))
-def test_pt_phdr_libraries_are_compacted(requirement: str, tmp_path: Path) -> None:
+def test_pt_phdr_libraries_are_compacted(requirement: str, tmp_path: Path, strip: bool) -> None:
     wheel = local_wheel(requirement)
     orig_dir, slim_dir = tmp_path / "orig", tmp_path / "slim"
     members = WHEELS[requirement]
     with zipfile.ZipFile(wheel) as zf:
         for m in members:
             zf.extract(m, orig_dir)
-    policy = SlimPolicy(targets=parse_targets(["sm_90"]))
+    policy = SlimPolicy(targets=parse_targets(["sm_90"]), strip=strip)
     origs, slims = [], []
     for m in members:
         src, dest = orig_dir / m, slim_dir / m
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open_elf(src) as elf:
             assert any(p.type == PT.PHDR for p in elf.segments), f"{m} has PT_PHDR"
-            rewritten = bool(scan(elf).regions)
-        if not rewritten:
+            has_code = bool(scan(elf).regions)
+        if not has_code and not strip:
             continue
         r = slim_library(src, dest, policy.for_library(dest.name))
         removed = r.device_bytes_before - r.device_bytes_after
@@ -83,10 +84,19 @@ def test_pt_phdr_libraries_are_compacted(requirement: str, tmp_path: Path) -> No
             f"{r.loads_before} -> {r.loads_after} PT_LOADs)"
         )
         assert r.compacted and r.report.problems == []
-        assert r.saved >= 0.95 * removed - (64 << 10), (m, r.saved, removed)  # whole pages only
+        saved = r.saved - r.stripped_bytes
+        assert saved >= 0.95 * removed - (64 << 10), (m, r.saved, removed)  # whole pages only
+        if strip:
+            dwarf = subprocess.run(
+                ["readelf", "--debug-dump=info,line,str,abbrev", str(dest)],
+                capture_output=True,
+                text=True,
+            )
+            assert dwarf.stdout.strip() == "", m
         assert _readelf_warnings(dest) <= _readelf_warnings(src)
         with open_elf(dest) as slim:  # tables rewritten (a hole): PT_PHDR dropped; else kept
-            assert any(p.type == PT.PHDR for p in slim.segments) == (r.holes == 0)
+            rewritten = r.holes > 0 or r.stripped_bytes > 0
+            assert any(p.type == PT.PHDR for p in slim.segments) == (not rewritten)
         origs.append(src)
         slims.append(dest)
     assert slims, "some library had device code"
