@@ -365,50 +365,39 @@ class WheelWriter:
         if fields[0] != 0x04034B50:
             raise WheelError(f"member {info.filename}: bad local header")
         src.seek(info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10])
-        bname = name.encode()
-        offset = self.pos
-        self._check32(offset, info.compress_size, info.file_size)
-        self._write(
-            self._local(bname, info.compress_type, info.CRC, info.compress_size, info.file_size)
-        )
-        left = info.compress_size
-        while left:
-            chunk = src.read(min(left, 1 << 20))
-            if not chunk:
-                raise WheelError(f"member {info.filename}: truncated")
-            self._write(chunk)
-            left -= len(chunk)
-        self._add_central(
-            bname, info.compress_type, info.CRC, info.compress_size, info.file_size, mode, offset
-        )
+        sizes = (info.CRC, info.compress_size, info.file_size)
+        self._copy(name, src, info.compress_type, *sizes, mode, f"member {info.filename}")
 
     def add_deflated(self, name: str, member: Deflated, mode: int) -> None:
         """A member whose deflated stream is already in a file: copied as it is."""
+        with open(member.path, "rb") as f:
+            sizes = (member.crc, member.compressed_size, member.size)
+            self._copy(name, f, zipfile.ZIP_DEFLATED, *sizes, mode, member.path)
+
+    def _copy(
+        self,
+        name: str,
+        src: BinaryIO,
+        method: int,
+        crc: int,
+        csize: int,
+        usize: int,
+        mode: int,
+        what: str,
+    ) -> None:
+        """A member whose compressed bytes are read from ``src`` as they are."""
         bname = name.encode()
         offset = self.pos
-        self._check32(offset, member.compressed_size, member.size)
-        self._write(
-            self._local(
-                bname, zipfile.ZIP_DEFLATED, member.crc, member.compressed_size, member.size
-            )
-        )
-        left = member.compressed_size
-        with open(member.path, "rb") as f:
-            while left:
-                chunk = f.read(min(left, 1 << 20))
-                if not chunk:
-                    raise WheelError(f"{member.path}: deflated form truncated")
-                self._write(chunk)
-                left -= len(chunk)
-        self._add_central(
-            bname,
-            zipfile.ZIP_DEFLATED,
-            member.crc,
-            member.compressed_size,
-            member.size,
-            mode,
-            offset,
-        )
+        self._check32(offset, csize, usize)
+        self._write(self._local(bname, method, crc, csize, usize))
+        left = csize
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                raise WheelError(f"{what}: truncated")
+            self._write(chunk)
+            left -= len(chunk)
+        self._add_central(bname, method, crc, csize, usize, mode, offset)
 
     def add_stream(self, name: str, chunks: Iterable[bytes], mode: int) -> tuple[str, int]:
         """Deflate ``chunks`` into a new member; return its RECORD hash and size."""
