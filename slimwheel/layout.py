@@ -32,6 +32,7 @@ from .rewrite import Edit, Piece, PieceKind, Replacement
 DEFAULT_MIN_HOLE = 64 << 10
 
 SHF_INFO_LINK = 0x40  # sh_info holds a section index
+ET_EXEC = 2
 
 _EHDR_TAIL = struct.Struct("<QQIHHHHHH")  # e_phoff .. e_shstrndx, at offset 32
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -282,9 +283,17 @@ def _slice(p: Piece, start: int, length: int) -> Piece:
 STRIP_PREFIXES = (".debug_", ".zdebug_", ".rela.debug_", ".rel.debug_")
 
 
+def is_executable(elf: ElfFile) -> bool:
+    """A program rather than a library: ET_EXEC, or a PIE (it names an interpreter)."""
+    return elf.header.type == ET_EXEC or any(p.type == PT.INTERP for p in elf.segments)
+
+
 def strippable_sections(elf: ElfFile) -> list[Section]:
-    """DWARF and the static symbol table (``.symtab`` and its ``.strtab``): not
-    allocated, after every segment's file bytes, and named by no section kept."""
+    """DWARF and the static symbol table (``.symtab`` and its ``.strtab``) of a
+    library (not of an executable): not allocated, outside every segment's file
+    bytes, and named by no section kept."""
+    if is_executable(elf):
+        return []
     shstrndx = elf.section_numbering[1] if elf.sections else 0
     loads = [(p.offset, p.offset + p.filesz) for p in elf.loads]
     picked = {
@@ -365,13 +374,18 @@ def plan_output(
     """Where every output byte comes from."""
     note = ""
     holes: list[Hole] = []
+    executable = is_executable(elf)
     if compact:
         if not elf.sections:
             note = "has no section headers; zeroed, not compacted"
+        elif executable:
+            # The kernel, not glibc, finds an executable's program headers (AT_PHDR);
+            # older kernels take them at load address + e_phoff: they cannot move.
+            note = "an executable: its program headers cannot move; zeroed, not compacted"
         else:
             holes = find_holes(elf, edit, min_hole=min_hole)
     compacted = compact and not note
-    stripped = strippable_sections(elf) if strip else []
+    stripped = strippable_sections(elf) if strip and not executable else []
     cuts = strip_cuts(elf, stripped)
     removed = sorted([*holes, *cuts], key=lambda x: x.offset)
     omap = _OffsetMap(removed)

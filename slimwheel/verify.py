@@ -289,7 +289,10 @@ def verify(
     ]
     slim_spans = [(r.vaddr, r.vaddr + r.total_size) for r in slay.regions]
     must_be_zero = _intervals_minus(rewritten, slim_spans)
-    allowed = [(32, 64), *rewritten, *_pointer_sites(orig, olay)]  # 32..64: e_phoff..e_shstrndx
+    header = orig.offset_to_vaddr(32)  # e_phoff..e_shstrndx, where the ELF header is loaded
+    allowed = [*rewritten, *_pointer_sites(orig, olay)]
+    if header is not None:
+        allowed.append((header, header + 32))
 
     oimg, simg = _Image(orig), _Image(slim)
     load_ranges = [(p.vaddr, p.vaddr + p.memsz) for p in oimg.loads]

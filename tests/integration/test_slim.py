@@ -373,3 +373,22 @@ def test_strip_removes_what_no_process_maps(
         orig, zeroed, LibraryPolicy(targets=parse_targets(["sm_90"]), compact=False, strip=True)
     )
     assert z.stripped_bytes == r.stripped_bytes and z.report.problems == []
+
+
+def test_executables_keep_their_layout(tmp_path: Path) -> None:
+    """A program's headers are found by the kernel (AT_PHDR), so they never move:
+    no compaction, no --strip, and the program still runs."""
+    src = Path(__file__).resolve().parents[1] / "fixtures" / "src" / "hostonly.c"
+    main_c = tmp_path / "main.c"
+    main_c.write_text(
+        "#include <stdio.h>\nint hostonly_add(int, int);\n"
+        'int main(void) { printf("%d\\n", hostonly_add(2, 3)); return 0; }\n'
+    )
+    exe = tmp_path / "prog"
+    subprocess.run(["cc", "-g", "-o", str(exe), str(main_c), str(src)], check=True)
+    out = tmp_path / "prog-slim"
+    r = slim_library(exe, out, LibraryPolicy(targets=parse_targets(["sm_90"]), strip=True))
+    assert r.report.problems == [] and r.stripped_bytes == 0 and "executable" in r.note
+    assert out.read_bytes() == exe.read_bytes()
+    os.chmod(out, 0o755)
+    assert subprocess.run([str(out)], capture_output=True, text=True).stdout == "5\n"
