@@ -17,7 +17,7 @@ from .fatbin import Element
 from .inventory import LibraryScan
 
 SCHEMA_NAME = "slimwheel.inspect"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: bare cubins and --strip bytes
 
 Doc = dict[str, Any]
 

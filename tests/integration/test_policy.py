@@ -368,3 +368,15 @@ def test_strip_reaches_every_library(
     (plain,) = out.glob("*.whl")
     with zipfile.ZipFile(plain) as zf:
         assert zf.read("demo/lib/libhost.so") == files["demo/lib/libhost.so"]
+
+
+def test_strip_in_conda_builds(tmp_path: Path) -> None:
+    host = _host_library(tmp_path)
+    pkg = make_package(tmp_path / "pkgs", "demo", {"lib/libhost.so": host})
+    out = tmp_path / "conda"
+    cmd = ["build", str(pkg), "--arch", "sm_90", "-o", str(out), "-q", "--strip"]
+    assert main([*cmd, "--store", str(tmp_path / "s")]) == 0
+    (built,) = out.glob("*.conda")
+    assert built.name == "demo-1.0-0_sm90_strip.conda"
+    lib = _conda_member(out, "lib/libhost.so", tmp_path / "x.so")
+    assert _has_dwarf(host.read_bytes()) and not _has_dwarf(lib.read_bytes())
