@@ -32,7 +32,7 @@ import struct
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -271,21 +271,6 @@ def escape_name(name: str) -> str:
 # -- writing ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RawMember:
-    """An input member copied without recompression."""
-
-    src: zipfile.ZipInfo
-
-
-@dataclass(frozen=True, slots=True)
-class NewMember:
-    """A member whose content is produced here (a file on disk, or bytes)."""
-
-    data: bytes | None = None
-    path: str | None = None
-
-
 def dos_time(ts: float) -> tuple[int, int]:
     t = time.gmtime(max(ts, 315532800))  # the zip epoch is 1980
     return (
@@ -441,12 +426,6 @@ class WheelWriter:
         self._write(
             _END.pack(0x06054B50, 0, 0, len(self.central), len(self.central), size, start, 0)
         )
-
-
-def file_chunks(path: str) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            yield chunk
 
 
 def member_mode(info: zipfile.ZipInfo) -> int:
