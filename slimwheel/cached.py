@@ -81,8 +81,11 @@ def slim_through_store(
     ``source()`` gives a path holding the library; it is called only when the
     store cannot answer without the bytes.
     """
-    nothing = store.knows("no-device-code", sha256) and (
-        not policy.strip or store.knows("nothing-to-strip", sha256)
+    host = policy.host_for(sha256) is not None  # --cpu, and the profile ran these bytes
+    nothing = (
+        not host
+        and store.knows("no-device-code", sha256)
+        and (not policy.strip or store.knows("nothing-to-strip", sha256))
     )
     if nothing:
         return LibraryOutcome(member, sha256, size, rewritten=False)
@@ -97,7 +100,7 @@ def slim_through_store(
                 store.record("no-device-code", sha256)
             if policy.strip and not strippable:
                 store.record("nothing-to-strip", sha256)
-            if not (code or strippable):
+            if not (code or strippable or host):
                 return LibraryOutcome(member, sha256, size, rewritten=False)
             entry, built = store.get_or_build(key, _builder(path, where, lib))
     return _outcome(member, sha256, size, entry, built, lib.note)

@@ -89,8 +89,16 @@ class DT(enum.IntEnum):
     RELASZ = 8
     RELAENT = 9
     STRSZ = 10
+    INIT = 12
+    FINI = 13
     SONAME = 14
     JMPREL = 23
+    INIT_ARRAY = 25
+    FINI_ARRAY = 26
+    INIT_ARRAYSZ = 27
+    FINI_ARRAYSZ = 28
+    PREINIT_ARRAY = 32
+    PREINIT_ARRAYSZ = 33
     RELRSZ = 35
     RELR = 36
     RELRENT = 37
@@ -102,6 +110,7 @@ class STT(enum.IntEnum):
     FUNC = 2
     SECTION = 3
     FILE = 4
+    GNU_IFUNC = 10
 
 
 class STB(enum.IntEnum):
@@ -476,13 +485,21 @@ class ElfFile:
         if not 0 <= section.link < len(self.sections):
             raise self._fail(f"section {section.name}: bad string table link {section.link}")
         strsec = self.sections[section.link]
-        strtab = self.read(strsec.offset, strsec.file_size, f"{strsec.name} string table")
+        self.check_range(strsec.offset, strsec.file_size, f"{strsec.name} string table")
         self.check_range(section.offset, section.size, f"{section.name} symbol table")
+        base, limit = strsec.offset, strsec.offset + strsec.file_size
+        buf = self.buf
         for i in range(section.size // _SYM.size):
             name, info, other, shndx, value, size = _SYM.unpack_from(
-                self.buf, section.offset + i * _SYM.size
+                buf, section.offset + i * _SYM.size
             )
-            yield Symbol(_cstr(strtab, name), value, size, info & 0xF, info >> 4, other, shndx)
+            text = ""
+            if name < limit - base:  # read in place: a string table can be 100 MB
+                end = buf.find(b"\0", base + name, limit)
+                text = bytes(buf[base + name : end if end >= 0 else limit]).decode(
+                    "utf-8", "replace"
+                )
+            yield Symbol(text, value, size, info & 0xF, info >> 4, other, shndx)
 
 
 def _cstr(table: bytes, offset: int) -> str:

@@ -39,7 +39,7 @@ from .fatbin import scan
 from .files import describe_oserror, open_regular, read_json
 from .layout import strippable_sections
 from .policy import SlimPolicy
-from .slim import make_plan
+from .slim import make_plan, plan_host_code
 from .store import Store, file_sha256
 from .wheel import record_hash
 from .write import atomic_output, clean_debris, crash_point
@@ -455,8 +455,11 @@ class Environment:
         return self.records.distribution(owner).lower().replace("-", "_") in norm
 
     # discovery
-    def candidates(self, only: Sequence[str] = (), *, strip: bool = False) -> list[tuple[str, str]]:
-        """Libraries with device code (with ``strip``: also those with sections to strip)."""
+    def candidates(
+        self, only: Sequence[str] = (), *, strip: bool = False, host: bool = False
+    ) -> list[tuple[str, str]]:
+        """Libraries with device code (with ``strip``: also those with sections to strip;
+        with ``host``: every ELF library, for the profile's host records to match)."""
         out = []
         for dist_info, rel in self.records.files():
             if not self.wanted(dist_info, only):
@@ -472,7 +475,7 @@ class Environment:
                 )
             with map_file(p) as buf:
                 elf = ElfFile(buf, str(p))
-                if not scan(elf).regions and not (strip and strippable_sections(elf)):
+                if not host and not scan(elf).regions and not (strip and strippable_sections(elf)):
                     continue
             out.append((dist_info, rel))
         return out
@@ -502,7 +505,7 @@ def slim_env(
     changes = []
     names = [t.name for t in policy.targets]
     with env.locked():
-        candidates = env.candidates(only, strip=policy.strip)
+        candidates = env.candidates(only, strip=policy.strip, host=policy.cpu)
         if not dry_run:
             env.preflight([(o, r) for o, r in candidates if r not in env.entries])
         for dist_info, rel in candidates:
@@ -571,7 +574,9 @@ def _dry_run(path: Path, rel: str, size: int, policy: SlimPolicy) -> EnvChange:
         elf = ElfFile(buf, str(path))
         plan = make_plan(buf, str(path), scan(elf), lib)
         stripped = sum(s.size for s in strippable_sections(elf)) if policy.strip else 0
-    return EnvChange(rel, size, size - plan.removed_bytes - stripped, "dry run", lib.note)
+        host = plan_host_code(elf, lib)
+        removed = plan.removed_bytes + stripped + (host.removed_bytes if host else 0)
+    return EnvChange(rel, size, size - removed, "dry run", lib.note)
 
 
 def restore_env(

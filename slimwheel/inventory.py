@@ -14,10 +14,11 @@ from .cubin import BareCubin, ModuleSymbols, find_bare_cubins, read_bare_cubin, 
 from .elf import ElfFile, map_file, release
 from .errors import SlimwheelError
 from .fatbin import RELEASE_EVERY, FatbinLayout, scan
+from .hostcode import HostPlan
 from .layout import strippable_sections
 from .plan import Plan
 from .policy import SlimPolicy
-from .slim import make_plan
+from .slim import make_plan, plan_host_code
 from .store import file_sha256
 
 
@@ -34,6 +35,7 @@ class LibraryScan:
     bare_cubins: tuple[BareCubin, ...] = ()  # cubins with no fatbin around them (left in place)
     strip_bytes: int = 0  # what --strip would remove (DWARF, static symbol table)
     bare_symbols: Mapping[int, ModuleSymbols] | None = None  # offset -> symbols (--kernels)
+    host: HostPlan | None = None  # --cpu: the host code plan
 
     @property
     def bare_bytes(self) -> int:
@@ -84,11 +86,12 @@ def scan_library(
             bare_symbols = (
                 {c.offset: read_bare_cubin(buf, c, name=label) for c in bare} if kernels else None
             )
-            plan, note = None, ""
+            plan, note, host = None, "", None
             if policy is not None and policy.targets:
                 sha = file_sha256(path) if policy.needs_hash else None
                 lib = policy.for_library(os.path.basename(name or os.fspath(path)), sha)
                 plan, note = make_plan(buf, label, layout, lib), lib.note
+                host = plan_host_code(elf, lib)
             return LibraryScan(
                 name=name or label,
                 file_size=len(buf),
@@ -101,6 +104,7 @@ def scan_library(
                 bare_cubins=bare,
                 bare_symbols=bare_symbols,
                 strip_bytes=sum(s.size for s in strippable_sections(elf)),
+                host=host,
             )
     except SlimwheelError as exc:
         if exc.path == os.fspath(path):

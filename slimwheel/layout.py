@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from .elf import PT, SHN_LORESERVE, SHT, ElfFile, EMachine, Section, Segment
@@ -47,6 +48,7 @@ class Hole:
     end: int
     section: int
     strip: bool = False  # a stripped section's bytes (outside every PT_LOAD), not zeros
+    unmapped: bool = False  # removed host code: no PT_LOAD maps it any more (not zero-filled)
 
     @property
     def length(self) -> int:
@@ -97,7 +99,7 @@ class _OffsetMap:
 PAGE_GRANULE = {EMachine.X86_64: 4096, EMachine.AARCH64: 65536}
 
 
-def _alignment(elf: ElfFile) -> int:
+def hole_granule(elf: ElfFile) -> int:
     """Granularity of holes: the largest page size the library may be loaded with."""
     granule = PAGE_GRANULE.get(elf.header.machine)  # type: ignore[call-overload]
     if granule is None:
@@ -107,7 +109,7 @@ def _alignment(elf: ElfFile) -> int:
 
 def find_holes(elf: ElfFile, edit: Edit, *, min_hole: int) -> list[Hole]:
     """Zero runs of the edit, aligned inward, inside one PT_LOAD's file bytes."""
-    align = _alignment(elf)
+    align = hole_granule(elf)
     runs: list[tuple[int, int, int]] = []
     for z in edit.zero_runs:  # merge touching runs of one section
         if runs and runs[-1][1] == z.offset and runs[-1][2] == z.section:
@@ -140,7 +142,7 @@ def _lower_align(p: Segment, granule: int) -> Segment:
 
 
 def _split_segments(elf: ElfFile, holes: list[Hole], omap: _OffsetMap) -> list[Segment]:
-    granule = _alignment(elf)
+    granule = hole_granule(elf)
     return [_lower_align(p, granule) if p.type == PT.LOAD else p for p in _split(elf, holes, omap)]
 
 
@@ -154,16 +156,20 @@ def _split(elf: ElfFile, holes: list[Hole], omap: _OffsetMap) -> list[Segment]:
         start = p.offset  # original offset where the current piece begins
         for h in inside:
             vstart = p.vaddr + (start - p.offset)
-            out.append(
-                replace(
-                    p,
-                    offset=omap(start),
-                    vaddr=vstart,
-                    paddr=p.paddr + (start - p.offset),
-                    filesz=h.offset - start,
-                    memsz=h.end - start,
+            # A zero run stays mapped (memsz covers it, the loader zero-fills it);
+            # removed host code is mapped by nothing (the loader leaves PROT_NONE).
+            memsz = h.offset - start if h.unmapped else h.end - start
+            if memsz:
+                out.append(
+                    replace(
+                        p,
+                        offset=omap(start),
+                        vaddr=vstart,
+                        paddr=p.paddr + (start - p.offset),
+                        filesz=h.offset - start,
+                        memsz=memsz,
+                    )
                 )
-            )
             start = h.end
         tail = start - p.offset
         out.append(
@@ -180,6 +186,9 @@ def _split(elf: ElfFile, holes: list[Hole], omap: _OffsetMap) -> list[Segment]:
 
 
 def _split_sections(elf: ElfFile, edit: Edit, holes: list[Hole], omap: _OffsetMap) -> list[Section]:
+    """Sections with holes inside become pieces: PROGBITS for what stays, NOBITS for
+    each hole. The first piece keeps the section's index (a hole at the section's
+    first byte makes it the NOBITS piece); the others are appended."""
     base: list[Section] = []
     extra: list[Section] = []
     for s in elf.sections:
@@ -191,31 +200,25 @@ def _split_sections(elf: ElfFile, edit: Edit, holes: list[Hole], omap: _OffsetMa
         inside = [
             h
             for h in holes
-            if h.section == s.index and s.offset < h.offset and h.end <= s.offset + size
+            if h.section == s.index and s.offset <= h.offset and h.end <= s.offset + size
         ]
         if not inside or s.type == SHT.NOBITS:
             base.append(replace(s, offset=omap(s.offset)))
             continue
+        pieces: list[Section] = []
         start = s.offset
-        first = True
         for h in [*inside, None]:
             stop = h.offset if h is not None else s.offset + size
-            piece = replace(
-                s,
-                offset=omap(start),
-                addr=s.addr + (start - s.offset),
-                size=stop - start,
-            )
-            if first:
-                base.append(piece)
-                first = False
-            else:
-                extra.append(replace(piece, index=len(elf.sections) + len(extra)))
+            if stop > start:
+                pieces.append(
+                    replace(
+                        s, offset=omap(start), addr=s.addr + (start - s.offset), size=stop - start
+                    )
+                )
             if h is not None:
-                extra.append(
+                pieces.append(
                     replace(
                         s,
-                        index=len(elf.sections) + len(extra),
                         type=SHT.NOBITS,
                         offset=omap(h.offset),
                         addr=s.addr + (h.offset - s.offset),
@@ -223,6 +226,9 @@ def _split_sections(elf: ElfFile, edit: Edit, holes: list[Hole], omap: _OffsetMa
                     )
                 )
                 start = h.end
+        base.append(replace(pieces[0], index=s.index))
+        for piece in pieces[1:]:
+            extra.append(replace(piece, index=len(elf.sections) + len(extra)))
     return base + extra
 
 
@@ -260,7 +266,7 @@ def _cut_holes(body: list[tuple[int, Piece]], holes: list[Hole]) -> list[Piece]:
             if h is None or h.offset >= end:
                 out.append(_slice(p, cur - at, end - cur))
                 break
-            if p.kind is not PieceKind.ZERO and not h.strip:
+            if p.kind is not PieceKind.ZERO and not (h.strip or h.unmapped):
                 raise AssertionError(f"hole at {h.offset:#x} covers non-zero output")
             if h.offset > cur:
                 out.append(_slice(p, cur - at, h.offset - cur))
@@ -338,7 +344,7 @@ def strip_cuts(elf: ElfFile, sections: list[Section]) -> list[Hole]:
     keeps its offset congruent to its address; the few bytes left over stay
     in the file, named by no section. A run after every segment leaves whole.
     """
-    granule = _alignment(elf)
+    granule = hole_granule(elf)
     kept = sorted(
         (x.offset, x.offset + x.file_size)
         for x in elf.sections
@@ -370,11 +376,21 @@ def plan_output(
     compact: bool = True,
     min_hole: int = DEFAULT_MIN_HOLE,
     strip: bool = False,
+    host: Sequence[Hole] = (),
+    extra_section: tuple[str, bytes] | None = None,
 ) -> OutputLayout:
-    """Where every output byte comes from."""
+    """Where every output byte comes from.
+
+    ``host`` are ranges of removed host code (``unmapped`` holes, planned by
+    ``hostcode.py``); ``extra_section`` a non-allocated section (name, bytes)
+    added at the end of the file, its name appended to a copy of the section
+    name table.
+    """
     note = ""
     holes: list[Hole] = []
     executable = is_executable(elf)
+    if host and (executable or not elf.sections):
+        raise AssertionError("host code is removed from libraries with section headers only")
     if compact:
         if not elf.sections:
             note = "has no section headers; zeroed, not compacted"
@@ -385,12 +401,14 @@ def plan_output(
         else:
             holes = find_holes(elf, edit, min_hole=min_hole)
     compacted = compact and not note
+    device_holes = holes
+    holes = sorted([*holes, *host], key=lambda x: x.offset)
     stripped = strippable_sections(elf) if strip and not executable else []
     cuts = strip_cuts(elf, stripped)
     removed = sorted([*holes, *cuts], key=lambda x: x.offset)
     omap = _OffsetMap(removed)
     segments = _split_segments(elf, holes, omap)
-    if (compacted and holes) or cuts:
+    if (compacted and holes) or cuts or host or extra_section:
         sections = _split_sections(elf, edit, holes, omap)
         gone = {x.index for x in stripped}
         sections = [_null_section(s) if s.index in gone else s for s in sections]
@@ -402,7 +420,7 @@ def plan_output(
     phoff, shoff = h.phoff, h.shoff
     # Without a hole nothing moves: the tables stay where they are (a packed
     # section keeps its old size, zero tail included).
-    rewrite_tables = (compacted and bool(holes)) or bool(cuts)
+    rewrite_tables = (compacted and bool(holes)) or bool(cuts) or bool(host) or bool(extra_section)
     if rewrite_tables:
         # PT_PHDR names the loaded copy of the program headers, which stays as
         # it was (it is part of the first segment's bytes) and no longer
@@ -415,12 +433,16 @@ def plan_output(
         body_end = h.shoff  # the old section header table was last: drop it
     body_size = body_end - sum(x.length for x in removed)
     if rewrite_tables:
+        added: list[Piece] = []
+        if extra_section is not None:
+            added, sections, body_size = _add_section(elf, sections, body_size, *extra_section)
         # New tables at the end of the file, 8-byte aligned.
         pad = -body_size % 8
         phoff = body_size + pad
         shoff = phoff + len(segments) * _PHDR.size
         shnum, sections = _number_sections(elf, sections)
         tables = [
+            *added,
             Piece.zeros(pad),
             Piece.literal(b"".join(_PHDR.pack(*_phdr_fields(p)) for p in segments)),
             Piece.literal(b"".join(_SHDR.pack(*_shdr_fields(s)) for s in sections)),
@@ -443,7 +465,50 @@ def plan_output(
     body = _body_pieces(body_end, replacements)
     pieces = [p for p in _cut_holes(body, removed) + tables if p.length]
     size = sum(p.length for p in pieces)
-    return OutputLayout(pieces, size, holes, segments, sections, compacted, note, cuts)
+    return OutputLayout(pieces, size, device_holes, segments, sections, compacted, note, cuts)
+
+
+def _add_section(
+    elf: ElfFile, sections: list[Section], at: int, name: str, data: bytes
+) -> tuple[list[Piece], list[Section], int]:
+    """Append a non-allocated PROGBITS section at output offset ``at``; its name goes
+    into a copy of the section name table (appended too; the old one is left unnamed).
+
+    Returns the pieces to append, the sections, and the new end of the body.
+    """
+    shstrndx = elf.section_numbering[1]
+    if not 0 < shstrndx < len(sections):
+        raise AssertionError("no section name table to name the new section in")
+    old = sections[shstrndx]
+    original = elf.sections[shstrndx]  # ``old`` has output offsets; read the input's bytes
+    names = elf.read(original.offset, original.size, "section name table")
+    name_at = len(names)
+    new_names = names + name.encode() + b"\0"
+    pieces = [Piece.literal(new_names)]
+    names_at = at
+    at += len(new_names)
+    pad = -at % 8
+    pieces += [Piece.zeros(pad), Piece.literal(data)]
+    data_at = at + pad
+    sections = list(sections)
+    sections[shstrndx] = replace(old, offset=names_at, size=len(new_names))
+    sections.append(
+        Section(
+            index=len(sections),
+            name=name,
+            name_offset=name_at,
+            type=SHT.PROGBITS,
+            flags=0,
+            addr=0,
+            offset=data_at,
+            size=len(data),
+            link=0,
+            info=0,
+            addralign=8,
+            entsize=0,
+        )
+    )
+    return pieces, sections, data_at + len(data)
 
 
 def _null_section(s: Section) -> Section:

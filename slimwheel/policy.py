@@ -26,6 +26,8 @@ from importlib import resources
 from typing import Any
 
 from .arch import Target
+from .errors import UsageError
+from .hostuse import HostUse
 from .layout import DEFAULT_MIN_HOLE
 from .profile import LibraryUsage, Profile
 
@@ -70,6 +72,8 @@ class LibraryPolicy:
     compact: bool = True
     min_hole: int = DEFAULT_MIN_HOLE
     strip: bool = False  # also remove DWARF and the static symbol table (--strip)
+    host: HostUse | None = None  # --cpu: the pages the profile ran (matched by hash only)
+    host_digest: str = ""  # the profile's digest, named in the library's note
     note: str = ""  # a warning for the user (the profile was recorded on another build)
 
     @property
@@ -92,6 +96,8 @@ class LibraryPolicy:
             options["min_hole"] = self.min_hole
         if self.strip:
             options["strip"] = True
+        if self.host is not None:
+            options["cpu"] = self.host.digest()
         return _digest(
             {
                 "library": library_sha256,
@@ -117,6 +123,7 @@ class SlimPolicy:
     compact: bool = True
     min_hole: int = DEFAULT_MIN_HOLE
     strip: bool = False  # --strip
+    cpu: bool = False  # --cpu: remove host code the profile never ran
     #: The digest of the whole profile (derived once, at construction).
     profile_digest: str | None = field(init=False, default=None)
 
@@ -124,8 +131,18 @@ class SlimPolicy:
         object.__setattr__(self, "leave_sections", tuple(sorted(set(self.leave_sections))))
         object.__setattr__(self, "targets", tuple(sorted(set(self.targets))))
         if self.profile is not None:
-            digest = _digest(self.profile.to_json()["libraries"])
-            object.__setattr__(self, "profile_digest", digest)
+            object.__setattr__(self, "profile_digest", self.profile.digest())
+        if self.cpu and (self.profile is None or not self.profile.host_recorded):
+            raise UsageError(
+                "--cpu needs a profile with host code use (record it with slimwheel profile, "
+                "without --no-cpu)"
+            )
+
+    def host_for(self, sha256: str) -> HostUse | None:
+        """With --cpu, the executed pages of exactly these bytes (None: host code stays)."""
+        if not self.cpu or self.profile is None:
+            return None
+        return self.profile.host_for(sha256)
 
     @property
     def needs_hash(self) -> bool:
@@ -135,14 +152,22 @@ class SlimPolicy:
     def for_library(self, name: str, sha256: str | None = None) -> LibraryPolicy:
         """The slimmer's inputs for the library file ``name`` with content ``sha256``."""
         usage, note = None, ""
+        host = None
         if self.profile is not None:
             if sha256 is None:
                 raise ValueError("a profile needs the library's SHA-256")
             usage = self.profile.for_library(sha256, name, by_name=self.profile_by_name)
-            if usage is None and self.profile.same_name(name) is not None:
+            other = self.profile.same_name(name)
+            if usage is None and other is not None:
                 note = (
                     f"{name}: the profile was recorded on another build of it (SHA-256 "
                     "differs); arch slimming only (--profile-match name applies it anyway)"
+                )
+            host = self.host_for(sha256)
+            if self.cpu and host is None and other is not None and other.host is not None:
+                note = (note + "; " if note else f"{name}: ") + (
+                    "the profile's host code record is of other bytes (SHA-256 differs): "
+                    "host code kept (host records match by hash only)"
                 )
         return LibraryPolicy(
             targets=self.targets,
@@ -153,6 +178,8 @@ class SlimPolicy:
             compact=self.compact,
             min_hole=self.min_hole,
             strip=self.strip,
+            host=host,
+            host_digest=(self.profile_digest or "") if host is not None else "",
             note=note,
         )
 
@@ -171,6 +198,8 @@ class SlimPolicy:
             parts.append("nolto")
         if self.strip:
             parts.append("strip")
+        if self.cpu:
+            parts.append("cpu")
         if self.profile_digest:
             parts.append(f"p{self.profile_digest[:8]}")
         extra = self.layout_options()
@@ -204,4 +233,6 @@ class SlimPolicy:
             doc["layout"] = self.layout_options()
         if self.strip:
             doc["strip"] = True
+        if self.cpu:
+            doc["cpu"] = True
         return doc

@@ -7,8 +7,11 @@ directory, and :func:`collect` turns them into one :class:`Profile`: per
 library file (identified by its SHA-256) the kernels launched, the variables
 accessed, the regions loaded and the loaded images matched to elements. Code
 from heap images (Triton, NVRTC) is counted under ``jit`` and never drives
-removal. Profiles merge by union. The document's schema is
-``schemas/profile.schema.json`` (checked on load).
+removal. With host recording (``hostuse.py``), each library also gets the
+pages of its executable mappings the processes ran (``host``); such a
+profile says so (``host_recorded``). Profiles merge by union. The document's
+schema is ``schemas/profile.schema.json`` (checked on load); version 1
+profiles (before host recording) still load.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,10 +36,13 @@ from .elf import ElfFile, map_file
 from .errors import InputError, SlimwheelError
 from .fatbin import ElementKind, payload, scan
 from .files import read_json
+from .hostuse import HostRecorder, HostUse, collect_host, host_exact, host_processes
+from .native import BuildError, compile_c, find_cc, helper_key, source
 from .store import Store, file_sha256
 
 SCHEMA = "slimwheel.profile"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: host code use (per library "host", and "host_recorded")
+READABLE_VERSIONS = (1, 2)
 
 
 class ProfileError(InputError):
@@ -57,6 +62,7 @@ class LibraryUsage:
     regions: tuple[int, ...] = ()  # vaddrs of loaded regions
     images: tuple[str, ...] = ()  # SHA-256 of element payloads the driver loaded
     resolved: tuple[str, ...] = ()  # resolved (handles obtained), launched or not
+    host: HostUse | None = None  # executed pages of the file (host recording)
 
     @property
     def needed_kernels(self) -> frozenset[str]:
@@ -84,6 +90,18 @@ class Profile:
     unmatched_images: int = 0
     processes: int = 0
     unattributed: tuple[str, ...] = ()  # kernels launched from an origin not known
+    host_recorded: bool = False  # host code use was recorded (``host`` of each library)
+    host_exact: bool = False  # ... with fault-around off in every process: pages that ran, only
+
+    def digest(self) -> str:
+        """The profile's identity (of what it recorded per library), as labels and notes name it."""
+        doc = self.to_json()["libraries"]
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    def host_for(self, sha256: str) -> HostUse | None:
+        """Executed pages of exactly these bytes: host use is matched by hash only."""
+        found = next((lib for lib in self.libraries if lib.sha256 == sha256), None)
+        return found.host if found is not None else None
 
     def for_library(self, sha256: str, name: str, *, by_name: bool = False) -> LibraryUsage | None:
         found = next((lib for lib in self.libraries if lib.sha256 == sha256), None)
@@ -104,6 +122,8 @@ class Profile:
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "slimwheel", "version": __version__},
+            "host_recorded": self.host_recorded,
+            "host_exact": self.host_exact,
             "gpus": [{"name": n, "cc": cc} for n, cc in self.gpus],
             "driver_version": self.driver_version,
             "runtimes": [{"library": n, "version": v} for n, v in self.runtimes],
@@ -125,6 +145,7 @@ class Profile:
                     "variables": list(lib.variables),
                     "regions": list(lib.regions),
                     "images": list(lib.images),
+                    "host": lib.host.to_json() if lib.host is not None else None,
                 }
                 for lib in sorted(self.libraries, key=lambda x: (x.name, x.sha256))
             ],
@@ -138,7 +159,7 @@ class Profile:
         try:
             if doc.get("schema") != SCHEMA:
                 raise ProfileError("not a slimwheel profile", path=where)
-            if doc.get("schema_version") != SCHEMA_VERSION:
+            if doc.get("schema_version") not in READABLE_VERSIONS:
                 raise ProfileError(
                     f"profile version {doc.get('schema_version')} is not supported", path=where
                 )
@@ -158,6 +179,11 @@ class Profile:
                         variables=tuple(sorted({str(v) for v in lib["variables"]})),
                         regions=tuple(sorted({int(r) for r in lib.get("regions", [])})),
                         images=tuple(sorted({_hex64(i, where) for i in lib.get("images", [])})),
+                        host=(
+                            HostUse.from_json(lib["host"], where)
+                            if lib.get("host") is not None
+                            else None
+                        ),
                     )
                 )
             return Profile(
@@ -173,6 +199,8 @@ class Profile:
                 unmatched_images=int(doc.get("unmatched_images", 0)),
                 processes=int(doc.get("processes", 0)),
                 unattributed=tuple(sorted({str(k) for k in doc.get("unattributed_kernels", [])})),
+                host_recorded=bool(doc.get("host_recorded", False)),
+                host_exact=bool(doc.get("host_exact", False)),
             )
         except SlimwheelError:
             raise
@@ -218,7 +246,7 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     except InputError as exc:
         raise ProfileError(exc.message, path=where) from None
     if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
-        if doc.get("schema_version") != SCHEMA_VERSION:
+        if doc.get("schema_version") not in READABLE_VERSIONS:
             raise ProfileError(
                 f"profile version {doc.get('schema_version')} is not supported", path=where
             )
@@ -242,7 +270,12 @@ def merge(profiles: Iterable[Profile]) -> Profile:
     driver = None
     runtimes: set[tuple[str, int]] = set()
     unattributed: set[str] = set()
+    host_recorded = False
+    exact = True
     for p in profiles:
+        host_recorded = host_recorded or p.host_recorded
+        if p.host_recorded:
+            exact = exact and p.host_exact
         unattributed.update(p.unattributed)
         runtimes.update(p.runtimes)
         gpus.update(p.gpus)
@@ -263,6 +296,7 @@ def merge(profiles: Iterable[Profile]) -> Profile:
                 variables=tuple(sorted(set(old.variables) | set(lib.variables))),
                 regions=tuple(sorted(set(old.regions) | set(lib.regions))),
                 images=tuple(sorted(set(old.images) | set(lib.images))),
+                host=_union(old.host, lib.host),
             )
     return Profile(
         gpus=tuple(sorted(gpus)),
@@ -273,7 +307,15 @@ def merge(profiles: Iterable[Profile]) -> Profile:
         unmatched_images=unmatched,
         processes=processes,
         unattributed=tuple(sorted(unattributed)),
+        host_recorded=host_recorded,
+        host_exact=host_recorded and exact,
     )
+
+
+def _union(a: HostUse | None, b: HostUse | None) -> HostUse | None:
+    if a is None or b is None:
+        return a or b
+    return a.union(b)
 
 
 # -- turning recorder output into a profile ---------------------------------
@@ -341,8 +383,11 @@ def collect(directory: str) -> Profile:
     runtimes: set[tuple[str, int]] = set()
     driver = None
     processes = 0
-    for _name, rows in _records(directory):
+    device_pids: set[str] = set()
+    for file_name, rows in _records(directory):
         processes += 1
+        parts = file_name.split("-")
+        device_pids.add(parts[1] if file_name.startswith("rec-") and len(parts) > 2 else file_name)
         origins: dict[int, tuple[str | None, int | None]] = {}
         for r in rows:
             t = r.get("t")
@@ -407,6 +452,26 @@ def collect(directory: str) -> Profile:
                 images=tuple(loaded),
             )
         )
+    host_recorded = bool(host_processes(directory))
+    processes += len(host_processes(directory) - device_pids)
+    for rec in collect_host(directory):
+        try:
+            with map_file(rec.path) as buf:
+                soname = ElfFile(buf, rec.path).soname
+        except SlimwheelError:
+            continue  # not an ELF file (a JIT's memfd, a data file mapped executable)
+        rel, dist = _site_info(os.path.realpath(rec.path), dists)
+        usages.append(
+            LibraryUsage(
+                sha256=file_sha256(rec.path),
+                path=rec.path,
+                name=os.path.basename(rec.path),
+                soname=soname,
+                site_relative=rel,
+                distribution=dist,
+                host=rec.use,
+            )
+        )
     return merge(
         [
             Profile(
@@ -418,6 +483,8 @@ def collect(directory: str) -> Profile:
                 unmatched_images=len(images - matched),
                 processes=processes,
                 unattributed=tuple(sorted(unattributed)),
+                host_recorded=host_recorded,
+                host_exact=host_recorded and host_exact(directory),
             )
         ]
     )
@@ -428,7 +495,7 @@ def collect(directory: str) -> Profile:
 
 def _shim_source() -> bytes:
     """shim/slimwheel_recorder.c (shipped in the package as data/, a link in the source tree)."""
-    return resources.files("slimwheel").joinpath("data/slimwheel_recorder.c").read_bytes()
+    return source("slimwheel_recorder.c")
 
 
 def find_cupti() -> tuple[list[str], str]:
@@ -460,44 +527,44 @@ def find_cupti() -> tuple[list[str], str]:
 
 def build_recorder(store: Store) -> Path:
     """The recorder library, compiled once per source and CUPTI (cached in the store)."""
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        raise ProfileError("cannot build the recorder: no C compiler (set CC)")
+    try:
+        cc = find_cc()
+    except BuildError as exc:
+        raise ProfileError(f"cannot build the recorder: {exc.message}") from None
     includes, libdir = find_cupti()
     src = _shim_source()
     version_h = Path(includes[0]) / "cupti_version.h"
-    key = hashlib.sha256(
-        src
-        + (version_h.read_bytes() if version_h.is_file() else b"")
-        + cc.encode()
-        + libdir.encode()
-    ).hexdigest()
-    dest = store.recorder_dir(key) / "libslimwheel_recorder.so"
-    if dest.is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    key = helper_key(
+        src, cc, version_h.read_bytes() if version_h.is_file() else b"", libdir.encode()
+    )
     cupti = sorted(Path(libdir).glob("libcupti.so*"), key=lambda p: len(p.name))[0]
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        c = Path(tmp) / "recorder.c"
-        c.write_bytes(src)
-        out = Path(tmp) / dest.name
-        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(c)]
-        cmd += [f"-I{i}" for i in includes]
-        cmd += [f"-L{libdir}", f"-l:{cupti.name}", "-ldl", "-lpthread", f"-Wl,-rpath,{libdir}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            first = (proc.stderr.strip().splitlines() or ["?"])[0]
-            raise ProfileError(f"cannot build the recorder: {first}")
-        os.replace(out, dest)
-    return dest
+    flags = [f"-L{libdir}", f"-l:{cupti.name}", "-ldl", "-lpthread", f"-Wl,-rpath,{libdir}"]
+    try:
+        return compile_c(
+            cc,
+            src,
+            store.recorder_dir(key) / "libslimwheel_recorder.so",
+            flags,
+            "recorder",
+            pre=[f"-I{i}" for i in includes],
+        )
+    except BuildError as exc:
+        raise ProfileError(exc.message) from None
 
 
-def record(command: Sequence[str], recorder: Path) -> tuple[int, Profile]:
-    """Run ``command`` with the recorder; return its exit status and the profile."""
+def record(
+    command: Sequence[str], recorder: Path | None, host: HostRecorder | None = None
+) -> tuple[int, Profile]:
+    """Run ``command`` with the device recorder (CUPTI) and/or the host recorder;
+    return its exit status and the profile."""
     if not command:
         raise ProfileError("no command to profile (give it after --)")
     with tempfile.TemporaryDirectory(prefix="slimwheel-profile-") as tmp:
-        env = dict(os.environ, CUDA_INJECTION64_PATH=str(recorder), SLIMWHEEL_PROFILE_DIR=tmp)
+        env = dict(os.environ, SLIMWHEEL_PROFILE_DIR=tmp)
+        if recorder is not None:
+            env["CUDA_INJECTION64_PATH"] = str(recorder)
+        if host is not None:
+            env = host.environment(env, tmp)
         try:
             proc = subprocess.Popen(list(command), env=env)
         except OSError as exc:

@@ -17,7 +17,7 @@ from .fatbin import Element
 from .inventory import LibraryScan
 
 SCHEMA_NAME = "slimwheel.inspect"
-SCHEMA_VERSION = 2  # 2: bare cubins and --strip bytes
+SCHEMA_VERSION = 3  # 2: bare cubins and --strip bytes; 3: host code (--cpu)
 
 Doc = dict[str, Any]
 
@@ -76,6 +76,18 @@ def library_document(scan: LibraryScan, *, elements: bool = False) -> Doc:
             "elements": scan.plan.removed_elements,
         }
     doc["strip_bytes"] = scan.strip_bytes
+    h = scan.host
+    doc["host_code"] = (
+        {
+            "bytes": h.code_bytes,
+            "removable_bytes": h.removed_bytes,
+            "functions": h.functions,
+            "removable_functions": h.removed_functions,
+            "note": h.note,
+        }
+        if h is not None
+        else None
+    )
     doc["bare_cubin_bytes"] = scan.bare_bytes
     doc["bare_cubins"] = [_bare_document(scan, c) for c in scan.bare_cubins]
     if elements or scan.symbols is not None:
@@ -154,6 +166,11 @@ def inspect_document(
         "strip_bytes": sum(d["strip_bytes"] for d in libs),
         "removable_bytes": (
             sum(d["removable"]["bytes"] for d in libs if d["removable"]) if targets else None
+        ),
+        "host_removable_bytes": (
+            sum(d["host_code"]["removable_bytes"] for d in libs if d["host_code"])
+            if any(d["host_code"] for d in libs)
+            else None
         ),
     }
     return {

@@ -16,7 +16,8 @@ from .cubin import read_element
 from .elf import Buffer, ElfFile, map_file
 from .errors import InputError, SlimwheelError
 from .fatbin import FatbinLayout, scan
-from .layout import plan_output
+from .hostcode import NOTE_SECTION, HostPlan, note_bytes, plan_host
+from .layout import Hole, hole_granule, is_executable, plan_output
 from .plan import Plan, Reason, apply_usage, plan_layout
 from .policy import LibraryPolicy
 from .rewrite import edits_for
@@ -42,6 +43,7 @@ class SlimResult:
     hole_bytes: int
     report: VerifyReport
     stripped_bytes: int = 0  # sections --strip took out
+    host: HostPlan | None = None  # --cpu: host code kept and removed
 
     @property
     def saved(self) -> int:
@@ -79,8 +81,19 @@ def slim_library(
             layout = scan(elf)
             plan = make_plan(buf, label, layout, policy)
             edit = edits_for(elf, layout, plan)
+            host = plan_host_code(elf, policy)
+            holes = [
+                Hole(r.offset, r.offset + (r.end - r.start), r.section, unmapped=True)
+                for r in (host.ranges if host else ())
+            ]
             out = plan_output(
-                elf, edit, compact=policy.compact, min_hole=policy.min_hole, strip=policy.strip
+                elf,
+                edit,
+                compact=policy.compact,
+                min_hole=policy.min_hole,
+                strip=policy.strip,
+                host=holes,
+                extra_section=(NOTE_SECTION, note_bytes(host)) if host and holes else None,
             )
             with atomic_output(dest, mode=mode) as f:
                 written = write_pieces(fsrc, f, out.pieces)
@@ -89,7 +102,7 @@ def slim_library(
                 f.flush()
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as sbuf:
                     slim_elf = ElfFile(sbuf, f"{label} (slimmed)")
-                    report = verify(elf, slim_elf, plan, orig_layout=layout)
+                    report = verify(elf, slim_elf, plan, orig_layout=layout, host=host)
                     slim_loads = len(slim_elf.loads)
                 if report.problems:
                     raise VerifyError(
@@ -115,6 +128,7 @@ def slim_library(
                 hole_bytes=sum(h.length for h in out.holes),
                 report=report,
                 stripped_bytes=sum(c.length for c in out.stripped),
+                host=host,
             )
     except SlimwheelError as exc:
         raise exc.with_path(label) from None
@@ -141,6 +155,23 @@ def make_plan(buf: Buffer, label: str, layout: FatbinLayout, policy: LibraryPoli
     return apply_usage(plan, usage.needed_kernels, frozenset(usage.variables), symbols)
 
 
+def plan_host_code(elf: ElfFile, policy: LibraryPolicy) -> HostPlan | None:
+    """With ``--cpu`` and the profile's record of these bytes: the host code plan.
+
+    Programs (their headers cannot move) and files without section headers keep
+    their host code.
+    """
+    if policy.host is None or is_executable(elf) or not elf.sections:
+        return None
+    return plan_host(
+        elf,
+        policy.host,
+        granule=hole_granule(elf),
+        min_hole=policy.min_hole,
+        profile_digest=policy.host_digest,
+    )
+
+
 def verify_pair(
     original: str | os.PathLike[str],
     slimmed: str | os.PathLike[str],
@@ -152,4 +183,6 @@ def verify_pair(
         orig = ElfFile(obuf, label)
         slim = ElfFile(sbuf, os.fspath(slimmed))
         layout = scan(orig)
-        return verify(orig, slim, make_plan(obuf, label, layout, policy), orig_layout=layout)
+        plan = make_plan(obuf, label, layout, policy)
+        host = plan_host_code(orig, policy)
+        return verify(orig, slim, plan, orig_layout=layout, host=host)

@@ -8,7 +8,9 @@
 * The loaded image is the same: outside fatbin regions, wrapper pointers and
   the ELF header's table fields, every byte at every mapped address equals
   the original's; inside, whatever is not a kept region is zero; and the
-  slim file maps exactly the addresses the original mapped.
+  slim file maps exactly the addresses the original mapped, less the host
+  code ``--cpu`` removed (those ranges must be mapped by no PT_LOAD, and the
+  library's note must name exactly them).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .arch import Target, driver_choice
 from .elf import PT, SHT, ElfFile, Segment, release
 from .errors import SlimwheelError
 from .fatbin import DEDICATED_SECTIONS, Element, FatbinLayout, Region, scan
+from .hostcode import HostPlan, read_note
 from .plan import Plan, Reason
 
 _CHUNK = 8 << 20
@@ -112,16 +115,20 @@ class _Image:
         return b"".join(parts)
 
 
-def _mapped(loads: Sequence[Segment]) -> list[tuple[int, int, int]]:
-    """Page-rounded mapped ranges with their flags, adjacent equal ones merged."""
+def _mapped(
+    loads: Sequence[Segment], less: Sequence[tuple[int, int]] = ()
+) -> list[tuple[int, int, int]]:
+    """Page-rounded mapped ranges with their flags, adjacent equal ones merged,
+    without the (page-aligned) ranges ``less``."""
     out: list[tuple[int, int, int]] = []
     for p in sorted(loads, key=lambda p: p.vaddr):
         lo = p.vaddr & ~0xFFF
         hi = (p.vaddr + p.memsz + 0xFFF) & ~0xFFF
-        if out and out[-1][1] >= lo and out[-1][2] == p.flags:
-            out[-1] = (out[-1][0], max(out[-1][1], hi), p.flags)
-        else:
-            out.append((lo, hi, p.flags))
+        for a, b in _intervals_minus([(lo, hi)], list(less)):
+            if out and out[-1][1] >= a and out[-1][2] == p.flags:
+                out[-1] = (out[-1][0], max(out[-1][1], b), p.flags)
+            else:
+                out.append((a, b, p.flags))
     return out
 
 
@@ -254,12 +261,29 @@ def _pointer_sites(elf: ElfFile, layout: FatbinLayout) -> Iterator[tuple[int, in
             yield (site.vaddr, site.vaddr + 8)
 
 
+def _check_note(slim: ElfFile, removed: list[tuple[int, int]], report: VerifyReport) -> None:
+    try:
+        note = read_note(slim)
+    except SlimwheelError as exc:
+        report.fail(exc.message)
+        return
+    if not removed:
+        if note is not None:
+            report.fail("the slim library has a host code note but no host code was removed")
+        return
+    if note is None:
+        report.fail("removed host code is not named in a note")
+    elif list(note.ranges) != removed:
+        report.fail("the host code note names other ranges than were removed")
+
+
 def verify(
     orig: ElfFile,
     slim: ElfFile,
     plan: Plan,
     *,
     orig_layout: FatbinLayout | None = None,
+    host: HostPlan | None = None,
 ) -> VerifyReport:
     """Every check above; problems are collected, not raised."""
     report = VerifyReport()
@@ -273,8 +297,10 @@ def verify(
     matched = _match_regions(olay, slay, plan, report)
     _check_regions(orig, slim, plan, matched, plan.targets, report)
 
-    if _mapped(orig.loads) != _mapped(slim.loads):
+    removed = [(r.start, r.end) for r in host.ranges] if host else []
+    if _mapped(orig.loads, removed) != _mapped(slim.loads):
         report.fail("the slim library maps other addresses than the original")
+    _check_note(slim, removed, report)
 
     # Ranges allowed to differ, and what must be zero inside them.
     rewritten: list[tuple[int, int]] = [
@@ -290,7 +316,7 @@ def verify(
     slim_spans = [(r.vaddr, r.vaddr + r.total_size) for r in slay.regions]
     must_be_zero = _intervals_minus(rewritten, slim_spans)
     header = orig.offset_to_vaddr(32)  # e_phoff..e_shstrndx, where the ELF header is loaded
-    allowed = [*rewritten, *_pointer_sites(orig, olay)]
+    allowed = [*rewritten, *_pointer_sites(orig, olay), *removed]
     if header is not None:
         allowed.append((header, header + 32))
 

@@ -15,6 +15,7 @@ from ..errors import SlimwheelError, UsageError
 from ..files import install_sigbus_guard
 from . import build as build_cmd
 from . import cache as cache_cmd
+from . import doctor as doctor_cmd
 from . import index as index_cmd
 from . import inspect as inspect_cmd
 from . import install as install_cmd
@@ -37,6 +38,7 @@ SUBCOMMANDS = (
     status_cmd,
     install_cmd,
     index_cmd,
+    doctor_cmd,
 )
 
 

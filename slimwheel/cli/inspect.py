@@ -149,6 +149,13 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
     for lib in libs:
         if lib["bare_cubins"]:
             _render_bare(console, lib)
+        if lib["host_code"]:
+            h = lib["host_code"]
+            console.print(
+                f"\n[bold]{lib['name']}[/bold]  host code {human(h['bytes'])}: --cpu would remove "
+                f"{human(h['removable_bytes'])} ({_pct(h['removable_bytes'], h['bytes'])}), "
+                f"{h['removable_functions']} of {h['functions']} functions"
+            )
         if not lib["regions"]:
             continue
         strip = f", --strip {human(lib['strip_bytes'])}" if lib["strip_bytes"] else ""

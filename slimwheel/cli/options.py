@@ -60,6 +60,13 @@ def add_policy_options(
         help="apply a profile to a library recorded from another build of it, by file name",
     )
     parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="also remove host code the profile never ran, whole functions, from the "
+        "libraries the profile saw loaded (needs a profile recorded with host code use; "
+        "removed code faults: see slimwheel doctor)",
+    )
+    parser.add_argument(
         "--leave-section",
         action="append",
         default=[],
@@ -107,6 +114,7 @@ def policy_from(args: argparse.Namespace) -> SlimPolicy:
         compact=not getattr(args, "no_compact", False),
         min_hole=getattr(args, "min_hole", DEFAULT_MIN_HOLE),
         strip=getattr(args, "strip", False),
+        cpu=args.cpu,
     )
 
 

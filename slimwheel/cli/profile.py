@@ -1,4 +1,5 @@
-"""``slimwheel profile -o OUT.json -- COMMAND...``: record the kernels a workload uses.
+"""``slimwheel profile -o OUT.json -- COMMAND...``: record the kernels a workload uses,
+and the host code it runs (``--no-cpu`` leaves host code out).
 
 Also ``slimwheel profile merge A.json B.json -o C.json`` (union) and
 ``slimwheel profile show P.json`` (a readable summary).
@@ -11,8 +12,9 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
-from ..profile import build_recorder, load_profile, merge, record, save_profile
-from .options import add_store_option, make_console, store_from
+from ..hostuse import build_host_recorder
+from ..profile import ProfileError, build_recorder, load_profile, merge, record, save_profile
+from .options import add_store_option, human, make_console, store_from, warn
 
 HELP = "record which kernels a command launches (profile), or merge / show profiles"
 
@@ -25,6 +27,11 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         "slimwheel profile merge A.json B.json -o C.json; slimwheel profile show P.json",
     )
     p.add_argument("-o", "--output", metavar="OUT", help="the profile to write")
+    p.add_argument(
+        "--no-cpu",
+        action="store_true",
+        help="record device code use only, not which host code runs",
+    )
     add_store_option(p)
     p.add_argument("words", nargs=argparse.REMAINDER, metavar="-- COMMAND | merge | show")
     return p
@@ -58,12 +65,25 @@ def execute(args: argparse.Namespace) -> int:
     if not args.output:
         raise UsageError("profile: -o OUT.json is required")
     store = store_from(args)
-    code, profile = record(words, build_recorder(store))
+    host = None if args.no_cpu else build_host_recorder(store.root / "recorder" / "host")
+    try:
+        device = build_recorder(store)
+    except ProfileError as exc:
+        if host is None:
+            raise
+        device = None
+        warn(f"device code use is not recorded: {exc.message}")
+    code, profile = record(words, device, host)
     save_profile(profile, args.output)
     kernels = sum(len(lib.kernels) for lib in profile.libraries)
+    hosts = [lib for lib in profile.libraries if lib.host is not None]
+    cpu = ""
+    if profile.host_recorded:
+        pages = sum(lib.host.pages * lib.host.page_size for lib in hosts if lib.host)
+        cpu = f", host code of {len(hosts)} files ({human(pages)} of pages run)"
     print(
         f"slimwheel: profile {args.output}: {len(profile.libraries)} libraries, {kernels} kernels "
-        f"launched, {profile.processes} processes",
+        f"launched{cpu}, {profile.processes} processes",
         file=sys.stderr,
     )
     return code
@@ -82,16 +102,37 @@ def show(path: str) -> None:
     gpus = ", ".join(f"{n} ({cc})" for n, cc in p.gpus) or "unknown"
     runtimes = ", ".join(f"{n} {_cuda_version(v)}" for n, v in p.runtimes) or "not recorded"
     console.print(
-        f"{path}: {p.processes} processes on {gpus}, driver {_cuda_version(p.driver_version)}, "
-        f"runtime {runtimes}",
+        f"{path}: profile {p.digest()[:12]}, {p.processes} processes on {gpus}, "
+        f"driver {_cuda_version(p.driver_version)}, runtime {runtimes}",
         markup=False,
     )
     for lib in p.libraries:
         dist = f" [{lib.distribution[0]} {lib.distribution[1]}]" if lib.distribution else ""
+        device = lib.kernels or lib.variables or lib.regions or lib.images or lib.resolved
+        if lib.host is not None and not device:
+            console.print(
+                f"  {lib.site_relative or lib.path}{dist}: host code: {lib.host.pages} pages "
+                f"of {lib.host.page_size} B run",
+                markup=False,
+            )
+            continue
         console.print(
             f"  {lib.site_relative or lib.path}{dist}: {len(lib.kernels)} kernels, "
             f"{len(lib.variables)} variables, {len(lib.regions)} regions loaded, "
-            f"{len(lib.images)} images matched",
+            f"{len(lib.images)} images matched"
+            + (
+                f", host code: {lib.host.pages} pages of {lib.host.page_size} B run"
+                if lib.host is not None
+                else ""
+            ),
+            markup=False,
+        )
+    if not p.host_recorded:
+        console.print("  host code use: not recorded (slimming with --cpu needs it)", markup=False)
+    elif not p.host_exact:
+        console.print(
+            "  host code use: recorded with the kernel's fault-around on (no userfaultfd "
+            "write-protect here): pages near those that ran count as run",
             markup=False,
         )
     for api, n in p.jit:

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..demangle import demangle
 from ..errors import UsageError
 from ..files import check_regular
 from ..slim import SlimResult, slim_library
@@ -89,6 +90,14 @@ def print_summary(console: Console, r: SlimResult, dest: str) -> None:
             f"  stripped      {human(r.stripped_bytes)} (DWARF, static symbol table)",
             markup=False,
         )
+    if r.host is not None:
+        h = r.host
+        console.print(
+            f"  host code     {human(h.code_bytes)} -> {human(h.code_bytes - h.removed_bytes)}"
+            f"  ({h.removed_functions} of {h.functions} functions removed, "
+            f"{len(h.ranges)} ranges unmapped; --cpu)" + (f"; {h.note}" if h.note else ""),
+            markup=False,
+        )
     if r.note:
         console.print(f"  note          {r.note}", markup=False)
     for section, why in r.plan.left_alone:
@@ -118,6 +127,27 @@ def print_summary(console: Console, r: SlimResult, dest: str) -> None:
 
 def print_explain(console: Console, r: SlimResult) -> None:
     console.print(f"{r.name}: targets {', '.join(t.name for t in r.plan.targets)}", markup=False)
+    if r.host is not None:
+        h = r.host
+        console.print(
+            f"  host code: {h.kept_functions} of {h.functions} functions ran or must stay "
+            "(entry, init/fini, IFUNC resolvers, cold parts of kept functions)",
+            markup=False,
+        )
+        for hr in h.ranges:
+            console.print(
+                f"    unmap  [{hr.start:#x}, {hr.end:#x})  {human(hr.end - hr.start):>9}",
+                markup=False,
+            )
+        largest = sorted(
+            (u for u in h.removed if u.function), key=lambda u: (u.start - u.end, u.start)
+        )
+        for u in largest[:20]:
+            console.print(
+                f"    remove {demangle(u.name) if u.name else f'<function at {u.start:#x}>'}"
+                f"  {human(u.end - u.start)}",
+                markup=False,
+            )
     for i, rp in enumerate(r.plan.regions):
         reg = rp.region
         console.print(
@@ -155,6 +185,20 @@ def result_document(r: SlimResult) -> dict[str, Any]:
         "holes": {"count": r.holes, "bytes": r.hole_bytes},
         "compacted": r.compacted,
         "stripped_bytes": r.stripped_bytes,
+        "host_code": (
+            {
+                "bytes": {"before": r.host.code_bytes, "removed": r.host.removed_bytes},
+                "functions": {
+                    "total": r.host.functions,
+                    "kept": r.host.kept_functions,
+                    "removed": r.host.removed_functions,
+                },
+                "ranges": [[x.start, x.end] for x in r.host.ranges],
+                "note": r.host.note,
+            }
+            if r.host is not None
+            else None
+        ),
         "note": r.note,
         "left_alone": [{"section": s, "reason": why} for s, why in r.plan.left_alone],
         "not_used": {

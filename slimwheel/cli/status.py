@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
+from ..elf import open_elf
 from ..env import env_status
+from ..errors import SlimwheelError
+from ..hostcode import read_note
 from .options import add_env_options, human, sites, store_from
 
 HELP = "show which libraries of an environment are slimmed, and the space saved"
@@ -27,7 +31,21 @@ def execute(args: argparse.Namespace) -> int:
             backup = "" if e.backup else ", no backup"
             print(
                 f"{e.path}: slimmed for {','.join(e.targets)}{profile}{backup}: "
-                f"{human(e.original_size)} -> {human(e.slim_size)}"
+                f"{human(e.original_size)} -> {human(e.slim_size)}{_host(site / e.path)}"
             )
     print(f"saved {human(saved)}")
     return 0
+
+
+def _host(path: Path) -> str:
+    """The host code --cpu removed from an installed library (its note), for the line."""
+    try:
+        with open_elf(path) as elf:
+            note = read_note(elf)
+    except (OSError, SlimwheelError):
+        return ""
+    if note is None:
+        return ""
+    removed = sum(b - a for a, b in note.ranges)
+    functions = sum(1 for u in note.units if u.function)
+    return f", host code -{human(removed)} ({functions} functions, --cpu)"

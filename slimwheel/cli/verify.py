@@ -19,7 +19,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser("verify", help=HELP, description=HELP + ".")
     p.add_argument("original", metavar="ORIGINAL")
     p.add_argument("slim", metavar="SLIM")
-    add_policy_options(p, layout=False)
+    add_policy_options(p)
     return p
 
 

@@ -167,9 +167,7 @@ def test_cli_profile_files(
 
 
 VALID = json.dumps(
-    Profile(
-        libraries=(LibraryUsage(sha256="0" * 64, path="/x/lib.so", name="lib.so"),)
-    ).to_json()
+    Profile(libraries=(LibraryUsage(sha256="0" * 64, path="/x/lib.so", name="lib.so"),)).to_json()
 )
 
 

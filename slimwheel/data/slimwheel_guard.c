@@ -1,0 +1,1 @@
+../../shim/slimwheel_guard.c

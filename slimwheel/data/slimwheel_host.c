@@ -1,0 +1,1 @@
+../../shim/slimwheel_host.c

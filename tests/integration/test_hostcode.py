@@ -1,0 +1,325 @@
+"""Host code (--cpu) on a C/C++ fixture: record one mode, remove the rest, the guard names it.
+
+The fixture (tests/fixtures/src/hostcode/) is a library of page-aligned
+functions and a driver that calls them by mode: "a" is the profiled
+workload (a function spanning pages, a C++ exception thrown and caught, an
+IFUNC, a thread, a forked child that leaves with _exit, a destructor that
+calls a function after main returned); "b" also calls a function "a" never
+ran; "c" takes the error path of a function "a" ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from slimwheel.elf import open_elf
+from slimwheel.hostcode import NOTE_SECTION, plan_host, read_note
+from slimwheel.hostuse import HostUse
+from slimwheel.profile import load_profile
+
+SRC = Path(__file__).resolve().parents[1] / "fixtures" / "src" / "hostcode"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None or sys.platform != "linux", reason="needs g++ on Linux"
+)
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "slimwheel", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def build_fixture(dest: Path, *, variant: str = "") -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    flags = [f"-DFX_VARIANT={variant}"] if variant else []
+    subprocess.run(
+        ["g++", "-O2", "-shared", "-fPIC", *flags, "-o", str(dest / "libhostfx.so"),
+         str(SRC / "hostfx.cpp"), "-pthread"],
+        check=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["gcc", "-O2", "-o", str(dest / "driver"), str(SRC / "driver.c"), f"-L{dest}",
+         "-lhostfx", "-Wl,-rpath,$ORIGIN"],
+        check=True,
+    )  # fmt: skip
+    return dest
+
+
+def run(driver: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(driver), mode], capture_output=True, text=True, timeout=60)
+
+
+def symbol(lib: Path, name: str) -> tuple[int, int]:
+    with open(lib, "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            if sec.header.sh_type != "SHT_SYMTAB":
+                continue
+            for s in sec.iter_symbols():
+                if s.name == name:
+                    return s["st_value"], s["st_value"] + max(1, s["st_size"])
+    raise KeyError(name)
+
+
+def executed_pages(profile: Path, lib: Path) -> set[int]:
+    p = load_profile(profile)
+    (entry,) = [x for x in p.libraries if x.name == lib.name]
+    assert entry.host is not None
+    return {page for first, n in entry.host.runs for page in range(first, first + n)}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(original dir, profile of mode "a", slimmed dir)."""
+    base = tmp_path_factory.mktemp("hostfx")
+    orig = build_fixture(base / "orig")
+    store = base / "store"
+    profile = base / "a.json"
+    env = dict(os.environ, SLIMWHEEL_STORE=str(store))
+    got = cli("profile", "-o", str(profile), "--", str(orig / "driver"), "a", env=env)
+    assert got.returncode == 0, got.stderr
+    slim = base / "slim"
+    shutil.copytree(orig, slim)
+    got = cli(
+        "slim", "--arch", "sm_90", "--profile", str(profile), "--cpu", "--min-hole", "4K",
+        str(orig / "libhostfx.so"), "-o", str(slim / "libhostfx.so"), env=env,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    return orig, profile, slim
+
+
+def page_of(lib: Path, name: str) -> int:
+    start, _end = symbol(lib, name)
+    with open_elf(lib) as elf:
+        (seg,) = [p for p in elf.loads if p.vaddr <= start < p.vaddr + p.memsz]
+        return (seg.offset + start - seg.vaddr) // 4096
+
+
+def test_the_profile_records_the_pages_that_ran(recorded: tuple[Path, Path, Path]) -> None:
+    orig, profile, _slim = recorded
+    lib = orig / "libhostfx.so"
+    doc = json.loads(profile.read_text())
+    assert doc["schema_version"] == 2 and doc["host_recorded"] is True
+    pages = executed_pages(profile, lib)
+    # Run by main, by a thread, by a child that left with _exit, and by a destructor.
+    for name in ("fx_hot", "fx_spanning", "fx_throws", "fx_in_thread", "fx_in_child", "fx_bye"):
+        assert page_of(lib, name) in pages, name
+    if not doc["host_exact"]:
+        pytest.skip("no userfaultfd write-protect here: fault-around maps neighbours too")
+    for name in ("fx_only_in_b", "fx_never", "fx_report"):
+        assert page_of(lib, name) not in pages, name
+
+
+def test_the_profiled_mode_runs_identically(recorded: tuple[Path, Path, Path]) -> None:
+    orig, _profile, slim = recorded
+    assert (slim / "libhostfx.so").stat().st_size < (orig / "libhostfx.so").stat().st_size
+    before, after = run(orig / "driver", "a"), run(slim / "driver", "a")
+    assert (after.returncode, after.stdout, after.stderr) == (0, before.stdout, before.stderr)
+    bye = dict(os.environ, FX_SAY_BYE="1")
+    got = subprocess.run([str(slim / "driver"), "a"], capture_output=True, text=True, env=bye)
+    assert got.returncode == 0 and "bye from the destructor 0" in got.stdout
+
+
+def test_removed_code_is_mapped_by_nothing(recorded: tuple[Path, Path, Path]) -> None:
+    orig, _profile, slim = recorded
+    start, end = symbol(orig / "libhostfx.so", "fx_only_in_b")
+    with open(slim / "libhostfx.so", "rb") as f:
+        loads = [s for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD"]
+        for s in loads:
+            assert not (s["p_vaddr"] < end and start < s["p_vaddr"] + s["p_memsz"])
+    with open_elf(slim / "libhostfx.so") as elf:
+        note = read_note(elf)
+    assert note is not None
+    assert any(a <= start < b for a, b in note.ranges)
+    unit = note.unit_at(start)
+    assert unit is not None and unit.name == "fx_only_in_b"
+
+
+def _guarded(slim: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    return cli("doctor", "--", str(slim / "driver"), mode)
+
+
+def test_an_unprofiled_function_gets_the_guards_message(
+    recorded: tuple[Path, Path, Path],
+) -> None:
+    _orig, profile, slim = recorded
+    bare = run(slim / "driver", "b")
+    assert bare.returncode == -signal.SIGSEGV  # a fault, never a silent wrong result
+    assert "only in b" not in bare.stdout
+    got = _guarded(slim, "b")
+    assert got.returncode == 128 + signal.SIGSEGV
+    lines = [ln for ln in got.stderr.splitlines() if ln.startswith("slimwheel:")]
+    assert len(lines) == 1, got.stderr
+    digest = load_profile(profile).digest()
+    assert "libhostfx.so: fx_only_in_b (host code at 0x" in lines[0]
+    assert f"removed by slimwheel --cpu (profile {digest[:12]})" in lines[0]
+    assert "slimwheel profile merge" in lines[0] and "slimwheel restore" in lines[0]
+
+
+def test_the_error_path_of_a_kept_function(recorded: tuple[Path, Path, Path]) -> None:
+    """fx_checked ran, so its split cold part stays; the cold function it calls did not."""
+    orig, _profile, slim = recorded
+    cold, _ = symbol(orig / "libhostfx.so", "fx_checked.cold")
+    with open_elf(slim / "libhostfx.so") as elf:
+        note = read_note(elf)
+    assert note is not None and not any(a <= cold < b for a, b in note.ranges)
+    got = _guarded(slim, "c")
+    assert got.returncode == 128 + signal.SIGSEGV
+    assert "libhostfx.so: fx_report (host code at 0x" in got.stderr
+    assert "fx_checked: negative" not in got.stderr
+
+
+def test_a_faulthandler_still_runs_after_the_guard(recorded: tuple[Path, Path, Path]) -> None:
+    """The guard stays first and chains to handlers the program installs later."""
+    _orig, _profile, slim = recorded
+    code = (
+        "import ctypes, faulthandler, sys; faulthandler.enable(); "
+        f"lib = ctypes.CDLL({str(slim / 'libhostfx.so')!r}); lib.fx_only_in_b(3)"
+    )
+    got = cli("doctor", "--", sys.executable, "-c", code)
+    assert got.returncode == 128 + signal.SIGSEGV
+    assert "fx_only_in_b (host code at" in got.stderr
+    assert "Fatal Python error: Segmentation fault" in got.stderr
+
+
+def test_code_that_runs_without_a_visible_call_stays(tmp_path: Path) -> None:
+    """With a record of no page at all, the entry points the loader and libc call stay."""
+    lib = build_fixture(tmp_path) / "libhostfx.so"
+    with open_elf(lib) as elf:
+        plan = plan_host(elf, HostUse(4096, ()), granule=4096, min_hole=4096, profile_digest="0")
+    removed = plan.ranges
+    for name in ("resolve_fx_ifunc", "fx_at_exit", "frame_dummy", "_init"):
+        try:
+            addr, _ = symbol(lib, name)
+        except KeyError:
+            continue
+        assert not any(r.start <= addr < r.end for r in removed), name
+    hot, _ = symbol(lib, "fx_hot")
+    assert any(r.start <= hot < r.end for r in removed)
+
+
+def test_cpu_needs_a_host_record(tmp_path: Path, recorded: tuple[Path, Path, Path]) -> None:
+    orig, _profile, _slim = recorded
+    lib = str(orig / "libhostfx.so")
+    got = cli("slim", "--arch", "sm_90", "--cpu", lib, "-o", str(tmp_path / "x.so"))
+    assert got.returncode == 2 and len(got.stderr.strip().splitlines()) == 1
+    assert "--cpu needs a profile with host code use" in got.stderr
+    device_only = tmp_path / "device.json"
+    env = dict(os.environ, SLIMWHEEL_STORE=str(tmp_path / "store"))
+    got = cli("profile", "--no-cpu", "-o", str(device_only), "--", "true", env=env)
+    assert got.returncode == 0, got.stderr
+    got = cli(
+        "slim", "--arch", "sm_90", "--profile", str(device_only), "--cpu", lib,
+        "-o", str(tmp_path / "x.so"),
+    )  # fmt: skip
+    assert got.returncode == 2 and "--cpu needs a profile with host code use" in got.stderr
+    assert not (tmp_path / "x.so").exists()
+
+
+def test_a_host_record_of_other_bytes_is_never_applied(
+    tmp_path: Path, recorded: tuple[Path, Path, Path]
+) -> None:
+    _orig, profile, _slim = recorded
+    other = build_fixture(tmp_path / "other", variant="2") / "libhostfx.so"
+    out = tmp_path / "out.so"
+    got = cli(
+        "slim", "--arch", "sm_90", "--profile", str(profile), "--profile-match", "name",
+        "--cpu", str(other), "-o", str(out),
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    warning = [ln for ln in got.stderr.splitlines() if "host code record is of other bytes" in ln]
+    assert len(warning) == 1 and "libhostfx.so" in warning[0]
+    with open_elf(out) as elf:
+        assert elf.section_by_name(NOTE_SECTION) is None
+    assert out.stat().st_size == other.stat().st_size
+
+
+def test_a_library_the_profile_never_loaded_keeps_its_code(
+    tmp_path: Path, recorded: tuple[Path, Path, Path]
+) -> None:
+    _orig, profile, _slim = recorded
+    lib = Path("/lib/x86_64-linux-gnu/libz.so.1")
+    if not lib.exists():
+        pytest.skip("no libz to try")
+    doc = load_profile(profile)
+    if any(x.host is not None and x.name == lib.name for x in doc.libraries):
+        pytest.skip("the profiled process mapped libz")
+    out = tmp_path / "z.so"
+    got = cli(
+        "slim", "--arch", "sm_90", "--profile", str(profile), "--cpu", str(lib), "-o", str(out)
+    )
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == lib.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        {"version": 1, "page_size": 4096, "pages": 1, "executed": [[-1, 2]]},
+        {"version": 1, "page_size": 4096, "pages": 1, "executed": [[1, 0]]},
+        {"version": 1, "page_size": 12345, "pages": 1, "executed": [[1, 1]]},
+        {"version": 2, "page_size": 4096, "pages": 1, "executed": [[1, 1]]},
+        {"version": 1, "page_size": 4096, "pages": 1, "executed": [[1 << 50, 1]]},
+        {"version": 1, "page_size": 4096, "pages": 1, "executed": "all"},
+    ],
+)
+def test_a_malformed_host_record_is_refused(
+    tmp_path: Path, recorded: tuple[Path, Path, Path], host: dict[str, object]
+) -> None:
+    orig, profile, _slim = recorded
+    doc = json.loads(profile.read_text())
+    for lib in doc["libraries"]:
+        if lib["host"] is not None:
+            lib["host"] = host
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    out = tmp_path / "x.so"
+    got = cli(
+        "slim", "--arch", "sm_90", "--profile", str(bad), "--cpu", str(orig / "libhostfx.so"),
+        "-o", str(out),
+    )  # fmt: skip
+    assert got.returncode != 0 and "Traceback" not in got.stderr
+    assert len(got.stderr.strip().splitlines()) == 1 and str(bad) in got.stderr
+    assert not out.exists()
+
+
+def test_verify_accepts_the_cpu_output(recorded: tuple[Path, Path, Path]) -> None:
+    orig, profile, slim = recorded
+    args: Sequence[str] = ("--arch", "sm_90", "--profile", str(profile), "--cpu")
+    got = cli("verify", *args, "--min-hole", "4K", str(orig / "libhostfx.so"),
+              str(slim / "libhostfx.so"))  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    # Without --cpu the removed ranges are unexplained: verification refuses the pair.
+    got = cli("verify", "--arch", "sm_90", str(orig / "libhostfx.so"), str(slim / "libhostfx.so"))
+    assert got.returncode != 0
+
+
+def test_profile_show_and_merge_keep_host_code(
+    tmp_path: Path, recorded: tuple[Path, Path, Path]
+) -> None:
+    orig, profile, _slim = recorded
+    shown = cli("profile", "show", str(profile))
+    assert shown.returncode == 0 and "host code:" in shown.stdout
+    env = dict(os.environ, SLIMWHEEL_STORE=str(tmp_path / "store"))
+    b = tmp_path / "b.json"
+    got = cli("profile", "-o", str(b), "--", str(orig / "driver"), "b", env=env)
+    assert got.returncode == 0, got.stderr
+    merged = tmp_path / "ab.json"
+    assert cli("profile", "merge", str(profile), str(b), "-o", str(merged)).returncode == 0
+    lib = orig / "libhostfx.so"
+    assert executed_pages(merged, lib) == executed_pages(profile, lib) | executed_pages(b, lib)
+    assert page_of(lib, "fx_only_in_b") in executed_pages(merged, lib)
