@@ -18,10 +18,18 @@
  * on stderr, and lets the fault take its course (the previous handler, or
  * the default action: the process dies of the signal). Everything in the
  * handler is a system call on stack or static memory.
+ *
+ * Built with -DSLIMWHEEL_GUARD_CUDA (and CUPTI), it is also a CUPTI
+ * injection library (CUDA_INJECTION64_PATH): when a kernel lookup
+ * (cuLibraryGetKernel, cuModuleGetFunction) or a launch fails in a library
+ * whose note says a profile removed device code, and the kernel is one the
+ * profile removed (its name's hash is in the note), it prints the same kind
+ * of line naming the kernel.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <elf.h>
+#include <stdlib.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -139,46 +147,62 @@ static int find_mapping(uintptr_t addr, char *path, size_t path_size, uintptr_t 
     return found && *lowest != UINTPTR_MAX;
 }
 
-struct note_header {
+struct note_header { /* slimwheel/note.py */
     char magic[8];
-    uint32_t version, nranges, nunits, reserved;
-    uint64_t strings;
+    uint32_t version, nranges, nunits, nkernels, flags, reserved;
+    uint64_t kernels, strings;
     char digest[64];
 };
 struct note_unit {
     uint64_t start, end;
     uint32_t name, flags;
 };
+#define DEVICE_REMOVED 2u
 
-/* Explain a fault at addr, if it lies in removed host code. */
-static void explain(uintptr_t addr) {
-    static char path[PATH_MAX];
-    uintptr_t lowest;
-    if (!find_mapping(addr, path, sizeof path, &lowest)) return;
+/* A library file mapped read-only, and its note. */
+struct note_view {
+    const unsigned char *map;
+    size_t size;
+    const unsigned char *nb; /* the note section */
+    size_t nsize;
+    const struct note_header *h;
+    uint64_t first_vaddr; /* of the lowest PT_LOAD */
+};
+
+static void close_note(struct note_view *v) {
+    if (v->map) munmap((void *)v->map, v->size);
+    v->map = NULL;
+}
+
+/* Maps path and finds its .slimwheel.host section; 0 when it has none (or is not ELF). */
+static int open_note(const char *path, struct note_view *v) {
+    memset(v, 0, sizeof *v);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) return 0;
     struct stat st;
     if (fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof(Elf64_Ehdr)) {
         close(fd);
-        return;
+        return 0;
     }
     size_t size = (size_t)st.st_size;
     const unsigned char *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (m == MAP_FAILED) return;
+    if (m == MAP_FAILED) return 0;
+    v->map = m;
+    v->size = size;
     const Elf64_Ehdr *eh = (const void *)m;
-    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64) goto out;
-    if (eh->e_shoff == 0 || eh->e_shoff > size || eh->e_phoff > size) goto out;
+    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64) goto no;
+    if (eh->e_shoff == 0 || eh->e_shoff > size || eh->e_phoff > size) goto no;
     uint64_t shnum = eh->e_shnum;
     const Elf64_Shdr *sh = (const void *)(m + eh->e_shoff);
     if (shnum == 0 && eh->e_shoff + sizeof *sh <= size) shnum = sh[0].sh_size;
-    if (shnum > (size - eh->e_shoff) / sizeof *sh) goto out;
+    if (shnum > (size - eh->e_shoff) / sizeof *sh) goto no;
     uint32_t strndx = eh->e_shstrndx == SHN_XINDEX ? sh[0].sh_link : eh->e_shstrndx;
-    if (strndx >= shnum) goto out;
+    if (strndx >= shnum) goto no;
     const Elf64_Shdr *names = &sh[strndx];
-    if (names->sh_offset > size || names->sh_size > size - names->sh_offset) goto out;
+    if (names->sh_offset > size || names->sh_size > size - names->sh_offset) goto no;
     const Elf64_Shdr *note = NULL;
-    for (uint64_t i = 0; i < shnum; i++) {
+    for (uint64_t i = shnum; i-- > 0;) { /* slimming appends it: look from the end */
         if (sh[i].sh_name >= names->sh_size) continue;
         const char *n = (const char *)m + names->sh_offset + sh[i].sh_name;
         size_t room = names->sh_size - sh[i].sh_name;
@@ -187,47 +211,83 @@ static void explain(uintptr_t addr) {
             break;
         }
     }
-    if (!note || note->sh_offset > size || note->sh_size > size - note->sh_offset) goto out;
-    const unsigned char *nb = m + note->sh_offset;
-    size_t nsize = note->sh_size;
-    const struct note_header *h = (const void *)nb;
-    if (nsize < sizeof *h || memcmp(h->magic, "SLIMHOST", 8) != 0 || h->version != 1) goto out;
-    uint64_t need = sizeof *h + (uint64_t)h->nranges * 16 + (uint64_t)h->nunits * sizeof(struct note_unit);
-    if (need > nsize || h->strings != need) goto out;
-
-    /* The load base: the lowest mapping of the file holds its first PT_LOAD. */
+    if (!note || note->sh_offset > size || note->sh_size > size - note->sh_offset) goto no;
+    v->nb = m + note->sh_offset;
+    v->nsize = note->sh_size;
+    v->h = (const void *)v->nb;
+    const struct note_header *h = v->h;
+    if (v->nsize < sizeof *h || memcmp(h->magic, "SLIMHOST", 8) != 0 || h->version != 1) goto no;
+    uint64_t units_at = sizeof *h + (uint64_t)h->nranges * 16;
+    if (h->kernels != units_at + (uint64_t)h->nunits * sizeof(struct note_unit)) goto no;
+    if (h->strings != h->kernels + (uint64_t)h->nkernels * 8 || h->strings > v->nsize) goto no;
     const Elf64_Phdr *ph = (const void *)(m + eh->e_phoff);
-    if (eh->e_phnum > (size - eh->e_phoff) / sizeof *ph) goto out;
-    uint64_t first = UINT64_MAX;
+    if (eh->e_phnum > (size - eh->e_phoff) / sizeof *ph) goto no;
+    v->first_vaddr = UINT64_MAX;
     for (int i = 0; i < eh->e_phnum; i++)
-        if (ph[i].p_type == PT_LOAD && ph[i].p_vaddr < first) first = ph[i].p_vaddr;
-    if (first == UINT64_MAX) goto out;
-    uint64_t vaddr = (uint64_t)addr - ((uint64_t)lowest - (first & ~(uint64_t)0xfff));
+        if (ph[i].p_type == PT_LOAD && ph[i].p_vaddr < v->first_vaddr) v->first_vaddr = ph[i].p_vaddr;
+    if (v->first_vaddr == UINT64_MAX) goto no;
+    return 1;
+no:
+    close_note(v);
+    return 0;
+}
 
-    const uint64_t *ranges = (const void *)(nb + sizeof *h);
+static const char *note_string(const struct note_view *v, uint32_t at, size_t *len) {
+    if (at == 0xffffffffu || v->h->strings + at >= v->nsize) return NULL;
+    const char *s = (const char *)v->nb + v->h->strings + at;
+    *len = strnlen(s, v->nsize - (size_t)(v->h->strings + at));
+    return s;
+}
+
+static void say_profile(const struct note_view *v) {
+    says(" (profile ");
+    say(v->h->digest, 12);
+    says(")");
+}
+
+static const char *ADVICE =
+    ": the profile never saw it run. Record this workload too and merge the profiles "
+    "(slimwheel profile merge), then slim again; or run slimwheel restore.\n";
+
+/* Explain a fault at addr, if it lies in removed host code. */
+static void explain(uintptr_t addr) {
+    static char path[PATH_MAX];
+    uintptr_t lowest;
+    if (!find_mapping(addr, path, sizeof path, &lowest)) return;
+    struct note_view v;
+    if (!open_note(path, &v)) return;
+    const struct note_header *h = v.h;
+    /* The load base: the lowest mapping of the file holds its first PT_LOAD. */
+    uint64_t vaddr = (uint64_t)addr - ((uint64_t)lowest - (v.first_vaddr & ~(uint64_t)0xfff));
+    const uint64_t *ranges = (const void *)(v.nb + sizeof *h);
     int inside = 0;
     for (uint32_t i = 0; i < h->nranges; i++)
         if (ranges[2 * i] <= vaddr && vaddr < ranges[2 * i + 1]) inside = 1;
-    if (!inside) goto out;
-    const struct note_unit *u = (const void *)(nb + sizeof *h + (size_t)h->nranges * 16);
-    const char *fname = NULL;
-    const char *before = NULL;
+    if (!inside) {
+        close_note(&v);
+        return;
+    }
+    const struct note_unit *u = (const void *)(v.nb + sizeof *h + (size_t)h->nranges * 16);
+    const char *fname = NULL, *before = NULL;
+    size_t flen = 0, blen = 0;
     for (uint32_t i = 0; i < h->nunits; i++) {
-        const char *n = NULL;
-        if (u[i].name != 0xffffffffu && h->strings + u[i].name < nsize)
-            n = (const char *)nb + h->strings + u[i].name;
+        size_t len = 0;
+        const char *n = note_string(&v, u[i].name, &len);
         if (u[i].start <= vaddr && vaddr < u[i].end) {
             fname = n;
+            flen = len;
             break;
         }
-        if (u[i].end <= vaddr && n) before = n;
+        if (u[i].end <= vaddr && n) {
+            before = n;
+            blen = len;
+        }
     }
     says("slimwheel: ");
     says(path);
     says(": ");
     if (fname) {
-        size_t len = strnlen(fname, nsize - (size_t)((const unsigned char *)fname - nb));
-        say(fname, len);
+        say(fname, flen);
         says(" (host code at ");
     } else {
         says("unnamed host code at ");
@@ -236,15 +296,218 @@ static void explain(uintptr_t addr) {
     if (fname) says(")");
     else if (before) {
         says(", after ");
-        say(before, strnlen(before, nsize - (size_t)((const unsigned char *)before - nb)));
+        say(before, blen);
     }
-    says(" was removed by slimwheel --cpu (profile ");
-    say(h->digest, 12);
-    says("): the profile never saw it run. Record this workload too and merge the "
-         "profiles (slimwheel profile merge), then slim again; or run slimwheel restore.\n");
-out:
-    munmap((void *)m, size);
+    says(" was removed by slimwheel --cpu");
+    say_profile(&v);
+    says(ADVICE);
+    close_note(&v);
 }
+
+#ifdef SLIMWHEEL_GUARD_CUDA
+/* ---- device code: a kernel a profile removed ------------------------------ */
+#include <cuda_runtime_api.h>
+#include <cupti.h>
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return h;
+}
+
+/* Handles (CUlibrary, CUmodule) -> the library file their image lies in. */
+#define MAX_HANDLES 8192
+static struct {
+    const void *handle;
+    char path[PATH_MAX];
+} handles[MAX_HANDLES];
+static unsigned int nhandles;
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void remember(const void *handle, const void *image) {
+    Dl_info info;
+    if (!handle || !image || !dladdr(image, &info) || !info.dli_fname || info.dli_fname[0] != '/')
+        return;
+    pthread_mutex_lock(&handles_lock);
+    unsigned int slot = nhandles < MAX_HANDLES ? nhandles++ : (unsigned int)((uintptr_t)handle % MAX_HANDLES);
+    handles[slot].handle = handle;
+    strncpy(handles[slot].path, info.dli_fname, PATH_MAX - 1);
+    handles[slot].path[PATH_MAX - 1] = 0;
+    pthread_mutex_unlock(&handles_lock);
+}
+
+static int library_of(const void *handle, char *path) {
+    int found = 0;
+    pthread_mutex_lock(&handles_lock);
+    for (unsigned int i = 0; i < nhandles && !found; i++)
+        if (handles[i].handle == handle) {
+            memcpy(path, handles[i].path, PATH_MAX);
+            found = 1;
+        }
+    pthread_mutex_unlock(&handles_lock);
+    return found;
+}
+
+static void say_kernel(const char *name) {
+    typedef char *(*demangle_fn)(const char *, char *, size_t *, int *);
+    demangle_fn demangle = (demangle_fn)dlsym(RTLD_DEFAULT, "__cxa_demangle");
+    int status = -1;
+    char *nice = demangle ? demangle(name, NULL, NULL, &status) : NULL;
+    says(status == 0 && nice ? nice : name);
+    free(nice);
+}
+
+/* A kernel lookup or launch failed in library path: was it a profile's doing? */
+static void explain_kernel(const char *path, const char *name) {
+    struct note_view v;
+    if (!open_note(path, &v)) return;
+    if (!(v.h->flags & DEVICE_REMOVED)) {
+        close_note(&v);
+        return;
+    }
+    const uint64_t *hashes = (const void *)(v.nb + v.h->kernels);
+    int known = 0;
+    if (name) {
+        uint64_t want = fnv1a(name);
+        for (uint32_t i = 0; i < v.h->nkernels && !known; i++) known = hashes[i] == want;
+        if (!known) {
+            close_note(&v);
+            return; /* not one the profile removed: a genuine error */
+        }
+    }
+    says("slimwheel: ");
+    says(path);
+    says(": ");
+    if (name) {
+        says("kernel ");
+        say_kernel(name);
+    } else {
+        says("a kernel launched from this library");
+    }
+    says(known ? " was removed by a slimwheel profile" : " has no code: the library was slimmed with a profile");
+    say_profile(&v);
+    says(ADVICE);
+    close_note(&v);
+}
+
+/* The device name the runtime registered for a host stub (cudaFuncGetName, CUDA 12.3+),
+   from the CUDA runtime the process loaded. */
+static void *cudart;
+
+static int find_cudart(struct dl_phdr_info *info, size_t size, void *arg) {
+    (void)size;
+    (void)arg;
+    if (info->dlpi_name && strstr(info->dlpi_name, "libcudart.so")) {
+        cudart = dlopen(info->dlpi_name, RTLD_LAZY | RTLD_NOLOAD);
+        return cudart != NULL;
+    }
+    return 0;
+}
+
+static const char *registered_name(const void *func) {
+    if (!cudart) dl_iterate_phdr(find_cudart, NULL);
+    if (!cudart) return NULL;
+    typedef int (*get_name_fn)(const char **, const void *);
+    get_name_fn get = (get_name_fn)dlsym(cudart, "cudaFuncGetName");
+    const char *name = NULL;
+    if (!get || get(&name, func) != 0) return NULL;
+    return name;
+}
+
+static int failed(const CUpti_CallbackData *cb) {
+    return cb->callbackSite == CUPTI_API_EXIT && cb->functionReturnValue &&
+           *(const int *)cb->functionReturnValue != 0;
+}
+
+static void CUPTIAPI on_api(void *user, CUpti_CallbackDomain domain, CUpti_CallbackId cbid,
+                            const void *data) {
+    (void)user;
+    const CUpti_CallbackData *cb = data;
+    const void *p = cb->functionParams;
+    char path[PATH_MAX];
+    if (domain == CUPTI_CB_DOMAIN_DRIVER_API) {
+        if (cb->callbackSite != CUPTI_API_EXIT) return;
+        int ok = cb->functionReturnValue && *(const CUresult *)cb->functionReturnValue == CUDA_SUCCESS;
+        switch (cbid) {
+        case CUPTI_DRIVER_TRACE_CBID_cuLibraryLoadData: {
+            const cuLibraryLoadData_params *a = p;
+            if (ok) remember(*a->library, a->code);
+            break;
+        }
+        case CUPTI_DRIVER_TRACE_CBID_cuModuleLoadData: {
+            const cuModuleLoadData_params *a = p;
+            if (ok) remember(*a->module, a->image);
+            break;
+        }
+        case CUPTI_DRIVER_TRACE_CBID_cuModuleLoadDataEx: {
+            const cuModuleLoadDataEx_params *a = p;
+            if (ok) remember(*a->module, a->image);
+            break;
+        }
+        case CUPTI_DRIVER_TRACE_CBID_cuModuleLoadFatBinary: {
+            const cuModuleLoadFatBinary_params *a = p;
+            if (ok) remember(*a->module, a->fatCubin);
+            break;
+        }
+        case CUPTI_DRIVER_TRACE_CBID_cuLibraryGetKernel: {
+            const cuLibraryGetKernel_params *a = p;
+            if (!ok && a->name && library_of(a->library, path)) explain_kernel(path, a->name);
+            break;
+        }
+        case CUPTI_DRIVER_TRACE_CBID_cuModuleGetFunction: {
+            const cuModuleGetFunction_params *a = p;
+            if (!ok && a->name && library_of(a->hmod, path)) explain_kernel(path, a->name);
+            break;
+        }
+        default:
+            break;
+        }
+        return;
+    }
+    if (domain != CUPTI_CB_DOMAIN_RUNTIME_API || !failed(cb)) return;
+    int rc = *(const int *)cb->functionReturnValue;
+    if (rc != cudaErrorNoKernelImageForDevice && rc != cudaErrorInvalidDeviceFunction) return;
+    const void *func = NULL;
+    if (cbid == CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernelExC_v11060 ||
+        cbid == CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernelExC_ptsz_v11060)
+        func = ((const cudaLaunchKernelExC_v11060_params *)p)->func;
+    else /* every other launch takes the host stub first */
+        func = *(const void *const *)p;
+    Dl_info info;
+    if (!func || !dladdr(func, &info) || !info.dli_fname || info.dli_fname[0] != '/') return;
+    const char *name = info.dli_sname && info.dli_saddr == func ? info.dli_sname : NULL;
+    if (!name) name = registered_name(func);
+    explain_kernel(info.dli_fname, name);
+}
+
+int InitializeInjection(void) {
+    CUpti_SubscriberHandle sub;
+    if (cuptiSubscribe(&sub, on_api, NULL) != CUPTI_SUCCESS) return 0;
+    static const CUpti_CallbackId driver[] = {
+        CUPTI_DRIVER_TRACE_CBID_cuLibraryLoadData,     CUPTI_DRIVER_TRACE_CBID_cuModuleLoadData,
+        CUPTI_DRIVER_TRACE_CBID_cuModuleLoadDataEx,    CUPTI_DRIVER_TRACE_CBID_cuModuleLoadFatBinary,
+        CUPTI_DRIVER_TRACE_CBID_cuLibraryGetKernel,    CUPTI_DRIVER_TRACE_CBID_cuModuleGetFunction,
+    };
+    static const CUpti_CallbackId runtime[] = {
+        CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000,
+        CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_ptsz_v7000,
+        CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernelExC_v11060,
+        CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernelExC_ptsz_v11060,
+        CUPTI_RUNTIME_TRACE_CBID_cudaLaunchCooperativeKernel_v9000,
+        CUPTI_RUNTIME_TRACE_CBID_cudaLaunchCooperativeKernel_ptsz_v9000,
+        CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_v13000,
+        CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_ptsz_v13000,
+    };
+    for (size_t i = 0; i < sizeof driver / sizeof *driver; i++)
+        cuptiEnableCallback(1, sub, CUPTI_CB_DOMAIN_DRIVER_API, driver[i]);
+    for (size_t i = 0; i < sizeof runtime / sizeof *runtime; i++)
+        cuptiEnableCallback(1, sub, CUPTI_CB_DOMAIN_RUNTIME_API, runtime[i]);
+    return 1;
+}
+#endif
 
 static void on_fault(int sig, siginfo_t *info, void *ctx) {
     static volatile sig_atomic_t busy = 0;

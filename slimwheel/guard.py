@@ -4,9 +4,11 @@
 ``slimwheel doctor``, or into every Python process of an environment by the
 ``.pth`` file ``slim-env --guard`` installs. Its SIGSEGV / SIGBUS handler
 looks the faulting address up in the library's ``.slimwheel.host`` note
-(``hostcode.py``) and names the library, the function and the profile, then
+(``note.py``) and names the library, the function and the profile, then
 lets the program's own handler (Python's faulthandler, say) or the default
-action run.
+action run. Where CUPTI is found, the guard is also built as a CUPTI
+injection library: doctor then sets ``CUDA_INJECTION64_PATH`` to it, and a
+kernel that a profile removed is named when its lookup or launch fails.
 """
 
 from __future__ import annotations
@@ -15,28 +17,49 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
 from .native import compile_c, find_cc, helper_key, source
+from .profile import ProfileError, find_cupti
 
 GUARD_NAME = "libslimwheel_guard.so"
 
 
-def build_guard(root: Path) -> Path:
-    """The guard library, compiled once per source and compiler under ``root``."""
+@dataclass(frozen=True, slots=True)
+class Guard:
+    library: Path
+    cuda: bool  # also a CUPTI injection library (names removed kernels)
+
+
+def build_guard(root: Path) -> Guard:
+    """The guard library, compiled once per source, compiler (and CUPTI) under ``root``."""
     cc = find_cc()
     src = source("slimwheel_guard.c")
-    return compile_c(cc, src, root / helper_key(src, cc) / GUARD_NAME, ["-ldl"], "guard")
+    try:
+        includes, libdir = find_cupti()
+    except ProfileError:
+        lib = compile_c(cc, src, root / helper_key(src, cc) / GUARD_NAME, ["-ldl"], "guard")
+        return Guard(lib, cuda=False)
+    cupti = sorted(Path(libdir).glob("libcupti.so*"), key=lambda p: len(p.name))[0]
+    key = helper_key(src, cc, b"cuda", libdir.encode())
+    flags = ["-DSLIMWHEEL_GUARD_CUDA", f"-L{libdir}", f"-l:{cupti.name}", "-ldl", "-lpthread",
+             f"-Wl,-rpath,{libdir}"]  # fmt: skip
+    pre = [f"-I{i}" for i in includes]
+    return Guard(compile_c(cc, src, root / key / GUARD_NAME, flags, "guard", pre=pre), cuda=True)
 
 
-def guarded_environment(guard: Path, base: dict[str, str]) -> dict[str, str]:
+def guarded_environment(guard: Guard, base: dict[str, str]) -> dict[str, str]:
     env = dict(base)
-    env["LD_PRELOAD"] = f"{guard}:{base['LD_PRELOAD']}" if base.get("LD_PRELOAD") else str(guard)
+    lib = str(guard.library)
+    env["LD_PRELOAD"] = f"{lib}:{base['LD_PRELOAD']}" if base.get("LD_PRELOAD") else lib
+    if guard.cuda and not base.get("CUDA_INJECTION64_PATH"):
+        env["CUDA_INJECTION64_PATH"] = lib  # one injection library only: a user's own wins
     return env
 
 
-def run_guarded(command: Sequence[str], guard: Path) -> int:
+def run_guarded(command: Sequence[str], guard: Guard) -> int:
     """Run ``command`` with the guard; its exit status (128 + N for signal N)."""
     try:
         proc = subprocess.Popen(list(command), env=guarded_environment(guard, dict(os.environ)))

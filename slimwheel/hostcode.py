@@ -17,21 +17,18 @@ is removed where it covers whole pages: those ranges become holes that leave
 the file and are mapped by no PT_LOAD (glibc leaves the gaps between
 segments PROT_NONE), so a jump into removed code faults at once; the guard
 (``guard.py``) turns that fault into a message naming the function, using
-the note this module writes (``.slimwheel.host``).
+the note slimming writes into the library (``note.py``).
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import re
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .demangle import demangle
 from .ehframe import fdes
-from .elf import DT, PT, SHF, SHT, STT, ElfFile, EMachine, Section, Segment
+from .elf import DT, SHF, SHT, STT, ElfFile, EMachine, Section, Segment
 from .errors import SlimwheelError
 from .hostuse import HostUse
 
@@ -293,113 +290,3 @@ def plan_host(
         profile_digest=profile_digest,
         note=note,
     )
-
-
-def host_mapped(elf: ElfFile) -> list[tuple[int, int]]:
-    """Executable address ranges of the PT_LOADs (for reports)."""
-    return [(p.vaddr, p.vaddr + p.memsz) for p in elf.loads if p.flags & 1 and p.type == PT.LOAD]
-
-
-# -- the note the guard reads -------------------------------------------------
-
-NOTE_SECTION = ".slimwheel.host"
-NOTE_MAGIC = b"SLIMHOST"
-NOTE_VERSION = 1
-_NOTE_HEADER = struct.Struct("<8sIIIIQ64s")  # magic, version, ranges, units, 0, strings, digest
-_NOTE_RANGE = struct.Struct("<QQ")
-_NOTE_UNIT = struct.Struct("<QQII")  # start, end, name offset (or 0xffffffff), flags
-
-
-def note_bytes(plan: HostPlan) -> bytes:
-    """The ``.slimwheel.host`` section: removed ranges, and the units in them with names.
-
-    Little-endian: header (magic ``SLIMHOST``, version, range count, unit
-    count, reserved, offset of the string table, profile digest as 64 hex
-    digits), ranges (start, end), units (start, end, name offset or
-    0xffffffff, 1 for a function), NUL-terminated names (demangled). Addresses
-    are virtual addresses of the library (add the load base).
-    """
-    strings = bytearray()
-    units = []
-    seen: dict[str, int] = {}
-    for u in plan.removed:
-        at = 0xFFFFFFFF
-        if u.name:
-            at = seen.get(u.name, -1)
-            if at < 0:
-                at = seen[u.name] = len(strings)
-                strings += demangle(u.name)[:MAX_NAME].encode("utf-8", "replace") + b"\0"
-        units.append(_NOTE_UNIT.pack(u.start, u.end, at, 1 if u.function else 0))
-    ranges = b"".join(_NOTE_RANGE.pack(r.start, r.end) for r in plan.ranges)
-    strings_at = _NOTE_HEADER.size + len(ranges) + len(units) * _NOTE_UNIT.size
-    header = _NOTE_HEADER.pack(
-        NOTE_MAGIC,
-        NOTE_VERSION,
-        len(plan.ranges),
-        len(units),
-        0,
-        strings_at,
-        plan.profile_digest.encode("ascii")[:64].ljust(64, b"0"),
-    )
-    return header + ranges + b"".join(units) + bytes(strings)
-
-
-@dataclass(frozen=True, slots=True)
-class HostNote:
-    ranges: tuple[tuple[int, int], ...]
-    units: tuple[Unit, ...]
-    profile_digest: str
-
-    def unit_at(self, vaddr: int) -> Unit | None:
-        for u in self.units:
-            if u.start <= vaddr < u.end:
-                return u
-        return None
-
-
-def read_note(elf: ElfFile) -> HostNote | None:
-    """The note of a library slimmed with ``--cpu``, or None."""
-    sec = elf.section_by_name(NOTE_SECTION)
-    if sec is None:
-        return None
-    data = elf.read(sec.offset, sec.size, NOTE_SECTION)
-    if len(data) < _NOTE_HEADER.size:
-        raise SlimwheelError(f"{NOTE_SECTION} is truncated", path=elf.name)
-    magic, version, nr, nu, _r, strings_at, digest = _NOTE_HEADER.unpack_from(data)
-    if magic != NOTE_MAGIC or version != NOTE_VERSION:
-        raise SlimwheelError(f"{NOTE_SECTION}: not a version 1 note", path=elf.name)
-    end = _NOTE_HEADER.size + nr * _NOTE_RANGE.size + nu * _NOTE_UNIT.size
-    if end > len(data) or strings_at != end:
-        raise SlimwheelError(f"{NOTE_SECTION} is truncated", path=elf.name)
-    ranges = tuple(
-        _NOTE_RANGE.unpack_from(data, _NOTE_HEADER.size + i * _NOTE_RANGE.size) for i in range(nr)
-    )
-    base = _NOTE_HEADER.size + nr * _NOTE_RANGE.size
-    units = []
-    for i in range(nu):
-        start, stop, name_at, flags = _NOTE_UNIT.unpack_from(data, base + i * _NOTE_UNIT.size)
-        name = ""
-        if name_at != 0xFFFFFFFF and strings_at + name_at < len(data):
-            z = data.find(b"\0", strings_at + name_at)
-            name = data[strings_at + name_at : z if z >= 0 else len(data)].decode(
-                "utf-8", "replace"
-            )
-        units.append(Unit(start, stop, name, bool(flags & 1)))
-    return HostNote(ranges, tuple(units), digest.decode("ascii", "replace"))
-
-
-def plan_digest(plan: HostPlan) -> str:
-    return hashlib.sha256(note_bytes(plan)).hexdigest()
-
-
-def removed_vaddrs(plan: HostPlan | None) -> list[tuple[int, int]]:
-    return [(r.start, r.end) for r in plan.ranges] if plan else []
-
-
-def total(plans: Iterable[HostPlan]) -> tuple[int, int]:
-    """(code bytes, removed bytes) of several plans."""
-    c = r = 0
-    for p in plans:
-        c += p.code_bytes
-        r += p.removed_bytes
-    return c, r

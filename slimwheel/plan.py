@@ -104,6 +104,8 @@ class Plan:
     regions: tuple[RegionPlan, ...]
     left_alone: tuple[tuple[str, str], ...] = ()  # (section, why)
     drop_lto: bool = False
+    #: Kernels whose code a profile removed (in no kept element): the guard names them.
+    unused_kernels: tuple[str, ...] = ()
 
     @property
     def decisions(self) -> Iterator[Decision]:
@@ -209,6 +211,8 @@ def apply_usage(
     eagerly). LTO-IR and sections left alone are not judged by usage.
     """
     regions = []
+    dropped: set[str] = set()
+    kept: set[str] = set()
     for rp in plan.regions:
         decisions = []
         for d in rp.decisions:
@@ -225,6 +229,15 @@ def apply_usage(
                 )
                 if not used:
                     d = Decision(d.element, Reason.NOT_USED, d.targets)
+                if syms is not None:
+                    (kept if used else dropped).update(syms.kernels)
             decisions.append(d)
         regions.append(RegionPlan(rp.region, tuple(decisions)))
-    return Plan(plan.targets, plan.keep_ptx, tuple(regions), plan.left_alone, plan.drop_lto)
+    return Plan(
+        plan.targets,
+        plan.keep_ptx,
+        tuple(regions),
+        plan.left_alone,
+        plan.drop_lto,
+        tuple(sorted(dropped - kept)),
+    )

@@ -32,7 +32,7 @@ from .layout import DEFAULT_MIN_HOLE
 from .profile import LibraryUsage, Profile
 
 #: Bump when the slim output for the same inputs changes.
-FORMAT_VERSION = 2  # 2: regions with nothing left are zeroed whole
+FORMAT_VERSION = 3  # 2: regions with nothing left are zeroed whole; 3: a profile's note
 
 USER_LEAVE_REASON = "left alone on request (--leave-section)"
 
@@ -73,7 +73,7 @@ class LibraryPolicy:
     min_hole: int = DEFAULT_MIN_HOLE
     strip: bool = False  # also remove DWARF and the static symbol table (--strip)
     host: HostUse | None = None  # --cpu: the pages the profile ran (matched by hash only)
-    host_digest: str = ""  # the profile's digest, named in the library's note
+    profile_digest: str = ""  # the profile's digest, named in the library's note
     note: str = ""  # a warning for the user (the profile was recorded on another build)
 
     @property
@@ -179,7 +179,7 @@ class SlimPolicy:
             min_hole=self.min_hole,
             strip=self.strip,
             host=host,
-            host_digest=(self.profile_digest or "") if host is not None else "",
+            profile_digest=self.profile_digest or "",
             note=note,
         )
 

@@ -16,8 +16,9 @@ from .cubin import read_element
 from .elf import Buffer, ElfFile, map_file
 from .errors import InputError, SlimwheelError
 from .fatbin import FatbinLayout, scan
-from .hostcode import NOTE_SECTION, HostPlan, note_bytes, plan_host
+from .hostcode import HostPlan, plan_host
 from .layout import Hole, hole_granule, is_executable, plan_output
+from .note import NOTE_SECTION, make_note, note_bytes
 from .plan import Plan, Reason, apply_usage, plan_layout
 from .policy import LibraryPolicy
 from .rewrite import edits_for
@@ -82,6 +83,9 @@ def slim_library(
             plan = make_plan(buf, label, layout, policy)
             edit = edits_for(elf, layout, plan)
             host = plan_host_code(elf, policy)
+            note = None
+            if not is_executable(elf) and elf.sections:  # a section can be added
+                note = make_note(host, plan.unused_kernels, policy.profile_digest)
             holes = [
                 Hole(r.offset, r.offset + (r.end - r.start), r.section, unmapped=True)
                 for r in (host.ranges if host else ())
@@ -93,7 +97,7 @@ def slim_library(
                 min_hole=policy.min_hole,
                 strip=policy.strip,
                 host=holes,
-                extra_section=(NOTE_SECTION, note_bytes(host)) if host and holes else None,
+                extra_section=(NOTE_SECTION, note_bytes(note)) if note else None,
             )
             with atomic_output(dest, mode=mode) as f:
                 written = write_pieces(fsrc, f, out.pieces)
@@ -168,7 +172,7 @@ def plan_host_code(elf: ElfFile, policy: LibraryPolicy) -> HostPlan | None:
         policy.host,
         granule=hole_granule(elf),
         min_hole=policy.min_hole,
-        profile_digest=policy.host_digest,
+        profile_digest=policy.profile_digest,
     )
 
 

@@ -24,7 +24,8 @@ from .arch import Target, driver_choice
 from .elf import PT, SHT, ElfFile, Segment, release
 from .errors import SlimwheelError
 from .fatbin import DEDICATED_SECTIONS, Element, FatbinLayout, Region, scan
-from .hostcode import HostPlan, read_note
+from .hostcode import HostPlan
+from .note import DEVICE_REMOVED, read_note
 from .plan import Plan, Reason
 
 _CHUNK = 8 << 20
@@ -261,20 +262,24 @@ def _pointer_sites(elf: ElfFile, layout: FatbinLayout) -> Iterator[tuple[int, in
             yield (site.vaddr, site.vaddr + 8)
 
 
-def _check_note(slim: ElfFile, removed: list[tuple[int, int]], report: VerifyReport) -> None:
+def _check_note(
+    slim: ElfFile, removed: list[tuple[int, int]], kernels: bool, report: VerifyReport
+) -> None:
+    """The note names exactly the removed host ranges, and says when a profile
+    removed device code (a library that cannot take a section has none)."""
     try:
         note = read_note(slim)
     except SlimwheelError as exc:
         report.fail(exc.message)
         return
-    if not removed:
-        if note is not None:
-            report.fail("the slim library has a host code note but no host code was removed")
-        return
     if note is None:
-        report.fail("removed host code is not named in a note")
-    elif list(note.ranges) != removed:
-        report.fail("the host code note names other ranges than were removed")
+        if removed:
+            report.fail("removed host code is not named in a note")
+        return
+    if list(note.ranges) != removed:
+        report.fail("the note names other host ranges than were removed")
+    if bool(note.flags & DEVICE_REMOVED) != kernels:
+        report.fail("the note does not say what the profile removed of the device code")
 
 
 def verify(
@@ -300,7 +305,7 @@ def verify(
     removed = [(r.start, r.end) for r in host.ranges] if host else []
     if _mapped(orig.loads, removed) != _mapped(slim.loads):
         report.fail("the slim library maps other addresses than the original")
-    _check_note(slim, removed, report)
+    _check_note(slim, removed, bool(plan.unused_kernels), report)
 
     # Ranges allowed to differ, and what must be zero inside them.
     rewritten: list[tuple[int, int]] = [

@@ -9,7 +9,7 @@ from typing import Any
 from ..elf import open_elf
 from ..env import env_status
 from ..errors import SlimwheelError
-from ..hostcode import read_note
+from ..note import read_note
 from .options import add_env_options, human, sites, store_from
 
 HELP = "show which libraries of an environment are slimmed, and the space saved"

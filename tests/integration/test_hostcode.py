@@ -23,8 +23,9 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from slimwheel.elf import open_elf
-from slimwheel.hostcode import NOTE_SECTION, plan_host, read_note
+from slimwheel.hostcode import plan_host
 from slimwheel.hostuse import HostUse
+from slimwheel.note import NOTE_SECTION, read_note
 from slimwheel.profile import load_profile
 
 SRC = Path(__file__).resolve().parents[1] / "fixtures" / "src" / "hostcode"
