@@ -29,6 +29,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <elf.h>
+#include <link.h>
 #include <stdlib.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -150,7 +151,7 @@ static int find_mapping(uintptr_t addr, char *path, size_t path_size, uintptr_t 
 struct note_header { /* slimwheel/note.py */
     char magic[8];
     uint32_t version, nranges, nunits, nkernels, flags, reserved;
-    uint64_t kernels, strings;
+    uint64_t kernels, body, body_size, body_raw;
     char digest[64];
 };
 struct note_unit {
@@ -217,9 +218,10 @@ static int open_note(const char *path, struct note_view *v) {
     v->h = (const void *)v->nb;
     const struct note_header *h = v->h;
     if (v->nsize < sizeof *h || memcmp(h->magic, "SLIMHOST", 8) != 0 || h->version != 1) goto no;
-    uint64_t units_at = sizeof *h + (uint64_t)h->nranges * 16;
-    if (h->kernels != units_at + (uint64_t)h->nunits * sizeof(struct note_unit)) goto no;
-    if (h->strings != h->kernels + (uint64_t)h->nkernels * 8 || h->strings > v->nsize) goto no;
+    if (h->kernels != sizeof *h + (uint64_t)h->nranges * 16) goto no;
+    if (h->body != h->kernels + (uint64_t)h->nkernels * 8 || h->body > v->nsize) goto no;
+    if (h->body_size != v->nsize - h->body || h->body_raw > (1ULL << 30)) goto no;
+    if ((uint64_t)h->nunits * sizeof(struct note_unit) > h->body_raw) goto no;
     const Elf64_Phdr *ph = (const void *)(m + eh->e_phoff);
     if (eh->e_phnum > (size - eh->e_phoff) / sizeof *ph) goto no;
     v->first_vaddr = UINT64_MAX;
@@ -232,11 +234,73 @@ no:
     return 0;
 }
 
-static const char *note_string(const struct note_view *v, uint32_t at, size_t *len) {
-    if (at == 0xffffffffu || v->h->strings + at >= v->nsize) return NULL;
-    const char *s = (const char *)v->nb + v->h->strings + at;
-    *len = strnlen(s, v->nsize - (size_t)(v->h->strings + at));
+/* The note's body (units, then names), inflated with the zlib the system has into
+   memory mapped for it; NULL when there is no zlib or the body is damaged. */
+static unsigned char *inflate_body(const struct note_view *v) {
+    typedef int (*uncompress_fn)(unsigned char *, unsigned long *, const unsigned char *,
+                                 unsigned long);
+    void *z = dlopen("libz.so.1", RTLD_LAZY | RTLD_LOCAL);
+    uncompress_fn unz = z ? (uncompress_fn)dlsym(z, "uncompress") : NULL;
+    if (!unz || !v->h->body_raw) return NULL;
+    unsigned char *out = mmap(NULL, v->h->body_raw, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (out == MAP_FAILED) return NULL;
+    unsigned long got = v->h->body_raw;
+    if (unz(out, &got, v->nb + v->h->body, v->h->body_size) != 0 || got != v->h->body_raw) {
+        munmap(out, v->h->body_raw);
+        return NULL;
+    }
+    return out;
+}
+
+static const char *body_string(const struct note_view *v, const unsigned char *body, uint32_t at,
+                               size_t *len) {
+    uint64_t names = (uint64_t)v->h->nunits * sizeof(struct note_unit);
+    if (at == 0xffffffffu || names + at >= v->h->body_raw) return NULL;
+    const char *s = (const char *)body + names + at;
+    *len = strnlen(s, v->h->body_raw - (size_t)(names + at));
     return s;
+}
+
+/* A library the process loaded (by file name part), opened again without loading it. */
+struct find_arg {
+    const char *part;
+    void *handle;
+};
+
+static int find_one(struct dl_phdr_info *info, size_t size, void *arg) {
+    (void)size;
+    struct find_arg *a = arg;
+    if (info->dlpi_name && strstr(info->dlpi_name, a->part)) {
+        a->handle = dlopen(info->dlpi_name, RTLD_LAZY | RTLD_NOLOAD);
+        return a->handle != NULL;
+    }
+    return 0;
+}
+
+static void *loaded(const char *part) {
+    struct find_arg a = {part, NULL};
+    dl_iterate_phdr(find_one, &a);
+    return a.handle;
+}
+
+/* A symbol name as people read it: the C++ runtime's demangler when the process has one. */
+static void say_symbol(const char *name, size_t len) {
+    static char copy[4096];
+    if (len >= sizeof copy) len = sizeof copy - 1;
+    memcpy(copy, name, len);
+    copy[len] = 0;
+    typedef char *(*demangle_fn)(const char *, char *, size_t *, int *);
+    demangle_fn demangle = (demangle_fn)dlsym(RTLD_DEFAULT, "__cxa_demangle");
+    if (!demangle && copy[0] == '_' && copy[1] == 'Z') {
+        void *cxx = loaded("libstdc++.so"); /* loaded locally, by a C++ library */
+        if (cxx) demangle = (demangle_fn)dlsym(cxx, "__cxa_demangle");
+    }
+    int status = -1;
+    char *nice = demangle && copy[0] == '_' && copy[1] == 'Z' ? demangle(copy, NULL, NULL, &status)
+                                                               : NULL;
+    says(status == 0 && nice ? nice : copy);
+    free(nice);
 }
 
 static void say_profile(const struct note_view *v) {
@@ -267,12 +331,13 @@ static void explain(uintptr_t addr) {
         close_note(&v);
         return;
     }
-    const struct note_unit *u = (const void *)(v.nb + sizeof *h + (size_t)h->nranges * 16);
+    unsigned char *body = inflate_body(&v);
+    const struct note_unit *u = (const void *)body;
     const char *fname = NULL, *before = NULL;
     size_t flen = 0, blen = 0;
-    for (uint32_t i = 0; i < h->nunits; i++) {
+    for (uint32_t i = 0; body && i < h->nunits; i++) {
         size_t len = 0;
-        const char *n = note_string(&v, u[i].name, &len);
+        const char *n = body_string(&v, body, u[i].name, &len);
         if (u[i].start <= vaddr && vaddr < u[i].end) {
             fname = n;
             flen = len;
@@ -287,7 +352,7 @@ static void explain(uintptr_t addr) {
     says(path);
     says(": ");
     if (fname) {
-        say(fname, flen);
+        say_symbol(fname, flen);
         says(" (host code at ");
     } else {
         says("unnamed host code at ");
@@ -296,11 +361,12 @@ static void explain(uintptr_t addr) {
     if (fname) says(")");
     else if (before) {
         says(", after ");
-        say(before, blen);
+        say_symbol(before, blen);
     }
     says(" was removed by slimwheel --cpu");
     say_profile(&v);
     says(ADVICE);
+    if (body) munmap(body, h->body_raw);
     close_note(&v);
 }
 
@@ -351,15 +417,6 @@ static int library_of(const void *handle, char *path) {
     return found;
 }
 
-static void say_kernel(const char *name) {
-    typedef char *(*demangle_fn)(const char *, char *, size_t *, int *);
-    demangle_fn demangle = (demangle_fn)dlsym(RTLD_DEFAULT, "__cxa_demangle");
-    int status = -1;
-    char *nice = demangle ? demangle(name, NULL, NULL, &status) : NULL;
-    says(status == 0 && nice ? nice : name);
-    free(nice);
-}
-
 /* A kernel lookup or launch failed in library path: was it a profile's doing? */
 static void explain_kernel(const char *path, const char *name) {
     struct note_view v;
@@ -383,7 +440,7 @@ static void explain_kernel(const char *path, const char *name) {
     says(": ");
     if (name) {
         says("kernel ");
-        say_kernel(name);
+        say_symbol(name, strlen(name));
     } else {
         says("a kernel launched from this library");
     }
@@ -397,18 +454,8 @@ static void explain_kernel(const char *path, const char *name) {
    from the CUDA runtime the process loaded. */
 static void *cudart;
 
-static int find_cudart(struct dl_phdr_info *info, size_t size, void *arg) {
-    (void)size;
-    (void)arg;
-    if (info->dlpi_name && strstr(info->dlpi_name, "libcudart.so")) {
-        cudart = dlopen(info->dlpi_name, RTLD_LAZY | RTLD_NOLOAD);
-        return cudart != NULL;
-    }
-    return 0;
-}
-
 static const char *registered_name(const void *func) {
-    if (!cudart) dl_iterate_phdr(find_cudart, NULL);
+    if (!cudart) cudart = loaded("libcudart.so");
     if (!cudart) return NULL;
     typedef int (*get_name_fn)(const char **, const void *);
     get_name_fn get = (get_name_fn)dlsym(cudart, "cudaFuncGetName");

@@ -6,25 +6,28 @@ workload never used. Little-endian:
 
 * header: magic ``SLIMHOST``, version (1), range count, unit count, kernel
   count, flags (1: host code removed, 2: device code removed by a profile),
-  0, offset of the kernel hashes, offset of the names, the profile's
-  digest (64 hex digits);
+  0, then as 8-byte values the offsets of the kernel hashes and of the body,
+  the body's size and its size uncompressed, then the profile's digest (64
+  hex digits);
 * ranges: removed host code, virtual addresses [start, end) (add the load base);
-* units: the code in those ranges (start, end, name offset or 0xffffffff,
-  1 for a function), sorted by address;
 * kernel hashes: FNV-1a 64 of each kernel name whose code the profile
   removed (mangled, as the driver is asked for it), sorted;
-* names: NUL-terminated, demangled.
+* body, zlib-compressed (a big C++ library's names are tens of MB raw, a
+  few MB compressed): the units, the code in the removed ranges (start,
+  end, name offset or 0xffffffff, 1 for a function) sorted by address, then
+  their names as the symbol tables give them (mangled), NUL-terminated.
 
-``shim/slimwheel_guard.c`` reads the same layout.
+``shim/slimwheel_guard.c`` reads the same layout (and demangles with the
+C++ runtime when it prints).
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .demangle import demangle
 from .elf import ElfFile
 from .errors import SlimwheelError
 from .hostcode import MAX_NAME, HostPlan, Unit
@@ -35,7 +38,9 @@ NOTE_VERSION = 1
 HOST_REMOVED = 1
 DEVICE_REMOVED = 2
 
-_HEADER = struct.Struct("<8sIIIIIIQQ64s")
+_HEADER = struct.Struct("<8sIIIIIIQQQQ64s")
+#: A cap on the uncompressed body (input is untrusted): 1 GiB.
+MAX_BODY = 1 << 30
 _RANGE = struct.Struct("<QQ")
 _UNIT = struct.Struct("<QQII")
 _U64 = struct.Struct("<Q")
@@ -92,11 +97,13 @@ def note_bytes(note: Note) -> bytes:
             at = seen.get(u.name, -1)
             if at < 0:
                 at = seen[u.name] = len(strings)
-                strings += demangle(u.name)[:MAX_NAME].encode("utf-8", "replace") + b"\0"
+                strings += u.name[:MAX_NAME].encode("utf-8", "replace") + b"\0"
         units.append(_UNIT.pack(u.start, u.end, at, 1 if u.function else 0))
+    raw = b"".join(units) + bytes(strings)
+    body = zlib.compress(raw, 6)
     ranges = b"".join(_RANGE.pack(a, b) for a, b in note.ranges)
-    kernels_at = _HEADER.size + len(ranges) + len(units) * _UNIT.size
-    strings_at = kernels_at + len(note.kernel_hashes) * _U64.size
+    kernels_at = _HEADER.size + len(ranges)
+    body_at = kernels_at + len(note.kernel_hashes) * _U64.size
     header = _HEADER.pack(
         NOTE_MAGIC,
         NOTE_VERSION,
@@ -106,11 +113,13 @@ def note_bytes(note: Note) -> bytes:
         note.flags,
         0,
         kernels_at,
-        strings_at,
+        body_at,
+        len(body),
+        len(raw),
         note.profile_digest.encode("ascii", "replace")[:64].ljust(64, b"0"),
     )
     kernels = b"".join(_U64.pack(k) for k in note.kernel_hashes)
-    return header + ranges + b"".join(units) + kernels + bytes(strings)
+    return header + ranges + kernels + body
 
 
 def read_note(elf: ElfFile) -> Note | None:
@@ -121,28 +130,37 @@ def read_note(elf: ElfFile) -> Note | None:
     data = elf.read(sec.offset, sec.size, NOTE_SECTION)
     if len(data) < _HEADER.size:
         raise NoteError(f"{NOTE_SECTION} is truncated", path=elf.name)
-    magic, version, nr, nu, nk, flags, _r, kernels_at, strings_at, digest = _HEADER.unpack_from(
-        data
+    (magic, version, nr, nu, nk, flags, _r, kernels_at, body_at, body_size, raw_size, digest) = (
+        _HEADER.unpack_from(data)
     )
     if magic != NOTE_MAGIC or version != NOTE_VERSION:
         raise NoteError(f"{NOTE_SECTION}: not a version 1 note", path=elf.name)
-    units_at = _HEADER.size + nr * _RANGE.size
     if (
-        kernels_at != units_at + nu * _UNIT.size
-        or strings_at != kernels_at + nk * _U64.size
-        or strings_at > len(data)
+        kernels_at != _HEADER.size + nr * _RANGE.size
+        or body_at != kernels_at + nk * _U64.size
+        or body_at + body_size != len(data)
+        or raw_size > MAX_BODY
+        or nu * _UNIT.size > raw_size
     ):
         raise NoteError(f"{NOTE_SECTION} is truncated or inconsistent", path=elf.name)
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(data[body_at:], raw_size)
+    except zlib.error as exc:
+        raise NoteError(
+            f"{NOTE_SECTION}: body does not decompress ({exc})", path=elf.name
+        ) from None
+    if len(raw) != raw_size:
+        raise NoteError(f"{NOTE_SECTION}: body is not its stated size", path=elf.name)
     ranges = tuple(_RANGE.unpack_from(data, _HEADER.size + i * _RANGE.size) for i in range(nr))
+    strings_at = nu * _UNIT.size
     units = []
     for i in range(nu):
-        start, stop, name_at, uflags = _UNIT.unpack_from(data, units_at + i * _UNIT.size)
+        start, stop, name_at, uflags = _UNIT.unpack_from(raw, i * _UNIT.size)
         name = ""
-        if name_at != _NO_NAME and strings_at + name_at < len(data):
-            z = data.find(b"\0", strings_at + name_at)
-            name = data[strings_at + name_at : z if z >= 0 else len(data)].decode(
-                "utf-8", "replace"
-            )
+        if name_at != _NO_NAME and strings_at + name_at < len(raw):
+            z = raw.find(b"\0", strings_at + name_at)
+            name = raw[strings_at + name_at : z if z >= 0 else len(raw)].decode("utf-8", "replace")
         units.append(Unit(start, stop, name, bool(uflags & 1)))
     kernels = tuple(_U64.unpack_from(data, kernels_at + i * 8)[0] for i in range(nk))
     return Note(digest.decode("ascii", "replace"), flags, ranges, tuple(units), kernels)
