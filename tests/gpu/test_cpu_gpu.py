@@ -141,10 +141,32 @@ for name in ("i1e", "bessel_j0", "erfcx", "airy_ai", "scaled_modified_bessel_k0"
 """
 
 
-def test_torch_stack_with_host_code_removed(tmp_path: Path) -> None:
-    py, vsite = _venv_copy(tmp_path)
-    store = tmp_path / "store"
-    profile = _record_battery(py, tmp_path, store)
+@pytest.fixture(scope="module")
+def recorded_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    """(python, site-packages, battery profile, store) of a copy of the stack.
+
+    SLIMWHEEL_GPU_CACHE names a directory that keeps them between runs (the
+    copy is always restored by the tests), so the two tests below can run as
+    separate commands.
+    """
+    cache = os.environ.get("SLIMWHEEL_GPU_CACHE")
+    base = Path(cache) if cache else tmp_path_factory.mktemp("stack")
+    base.mkdir(parents=True, exist_ok=True)
+    store = base / "store"
+    done = base / "ready"
+    if done.is_file():
+        py = base / "venv" / "bin" / "python"
+        return py, venv_purelib(py), base / "battery.json", store
+    py, vsite = _venv_copy(base)
+    profile = _record_battery(py, base, store)
+    done.write_text("ok\n")
+    return py, vsite, profile, store
+
+
+def test_torch_stack_with_host_code_removed(
+    recorded_copy: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    py, vsite, profile, store = recorded_copy
     out = _out(tmp_path)
     shutil.copy(profile, out / "battery_profile.json")
     doc = load_profile(profile)
@@ -193,7 +215,16 @@ def test_torch_stack_with_host_code_removed(tmp_path: Path) -> None:
         :20
     ]
 
-    # Device code only (no --cpu): a CUDA op the battery never ran; its kernel is gone.
+
+def test_torch_stack_removed_kernel_is_named(
+    recorded_copy: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    """Device code only (no --cpu): a CUDA op the battery never ran; its kernel is gone."""
+    py, vsite, profile, store = recorded_copy
+    out = _out(tmp_path)
+    doc = load_profile(profile)
+    before = _digests(vsite)
+    env = ["--python", str(py), "--store", str(store)]
     _cli("slim-env", "--arch", "native", "--profile", str(profile), *env)
     got = _cli("doctor", "--", str(py), "-c", CUDA_UNCOVERED, ok=False)
     lines = _guard_lines(got.stderr)
