@@ -417,6 +417,10 @@ static int library_of(const void *handle, char *path) {
     return found;
 }
 
+/* Whether this thread explained a failure since its current runtime call began
+   (the driver's lookup fails inside the runtime's launch: one line, not two). */
+static __thread int explained;
+
 /* A kernel lookup or launch failed in library path: was it a profile's doing? */
 static void explain_kernel(const char *path, const char *name) {
     struct note_view v;
@@ -447,6 +451,7 @@ static void explain_kernel(const char *path, const char *name) {
     says(known ? " was removed by a slimwheel profile" : " has no code: the library was slimmed with a profile");
     say_profile(&v);
     says(ADVICE);
+    explained = 1;
     close_note(&v);
 }
 
@@ -514,7 +519,12 @@ static void CUPTIAPI on_api(void *user, CUpti_CallbackDomain domain, CUpti_Callb
         }
         return;
     }
-    if (domain != CUPTI_CB_DOMAIN_RUNTIME_API || !failed(cb)) return;
+    if (domain != CUPTI_CB_DOMAIN_RUNTIME_API) return;
+    if (cb->callbackSite == CUPTI_API_ENTER) {
+        explained = 0;
+        return;
+    }
+    if (!failed(cb) || explained) return;
     int rc = *(const int *)cb->functionReturnValue;
     if (rc != cudaErrorNoKernelImageForDevice && rc != cudaErrorInvalidDeviceFunction) return;
     const void *func = NULL;
