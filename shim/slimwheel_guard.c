@@ -421,11 +421,23 @@ static int library_of(const void *handle, char *path) {
    (the driver's lookup fails inside the runtime's launch: one line, not two). */
 static __thread int explained;
 
+/* Libraries a named kernel was explained for: a later launch without a name says nothing
+   more (under EAGER loading the lookups fail at start-up, the launch later). */
+#define MAX_NAMED 64
+static char named[MAX_NAMED][PATH_MAX];
+static unsigned int nnamed;
+
+static int was_named(const char *path) {
+    for (unsigned int i = 0; i < nnamed && i < MAX_NAMED; i++)
+        if (strcmp(named[i], path) == 0) return 1;
+    return 0;
+}
+
 /* A kernel lookup or launch failed in library path: was it a profile's doing? */
 static void explain_kernel(const char *path, const char *name) {
     struct note_view v;
     if (!open_note(path, &v)) return;
-    if (!(v.h->flags & DEVICE_REMOVED)) {
+    if (!(v.h->flags & DEVICE_REMOVED) || (!name && was_named(path))) {
         close_note(&v);
         return;
     }
@@ -452,6 +464,10 @@ static void explain_kernel(const char *path, const char *name) {
     say_profile(&v);
     says(ADVICE);
     explained = 1;
+    if (name && !was_named(path) && nnamed < MAX_NAMED) {
+        strncpy(named[nnamed], path, PATH_MAX - 1);
+        nnamed++;
+    }
     close_note(&v);
 }
 
