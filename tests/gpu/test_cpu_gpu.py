@@ -234,7 +234,8 @@ def test_torch_stack_removed_kernel_is_named(
     failed = [ln for ln in got.stdout.splitlines() if "failed:" in ln]
     assert failed, "every uncovered CUDA op ran: nothing to show the guard on"
     assert all("no kernel image" in ln for ln in failed), failed
-    assert len(lines) == len(failed), got.stderr[-3000:]
+    # One line per library at least; a launch without a name adds none where one was named.
+    assert 1 <= len(lines) <= len(failed), got.stderr[-3000:]
     for line in lines:
         assert "removed by a slimwheel profile" in line or "has no code" in line, line
         assert f"(profile {doc.digest()[:12]})" in line
