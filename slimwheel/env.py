@@ -536,7 +536,8 @@ def slim_env(
             if backup:
                 store.keep_original(path, sha)
             mode = path.stat().st_mode
-            usage = policy.for_library(path.name, sha).usage
+            lib = policy.for_library(path.name, sha)
+            applied = lib.usage is not None or lib.host is not None
             env.entries[rel] = Replaced(
                 rel,
                 dist_info,
@@ -545,7 +546,7 @@ def slim_env(
                 got.sha256_after,
                 got.bytes_after,
                 names,
-                usage.digest() if usage else None,
+                policy.profile_digest if applied else None,  # as profile show names it
                 backup,
                 "pending",
                 record_line=env.records.snapshot(dist_info, rel),

@@ -33,11 +33,16 @@ class Guard:
     cuda: bool  # also a CUPTI injection library (names removed kernels)
 
 
-def build_guard(root: Path) -> Guard:
-    """The guard library, compiled once per source, compiler (and CUPTI) under ``root``."""
+def build_guard(root: Path, *, cuda: bool = True) -> Guard:
+    """The guard library, compiled once per source, compiler (and CUPTI) under ``root``.
+
+    ``cuda``: also the CUPTI injection part, where CUPTI is found.
+    """
     cc = find_cc()
     src = source("slimwheel_guard.c")
     try:
+        if not cuda:
+            raise ProfileError("the host guard only")
         includes, libdir = find_cupti()
     except ProfileError:
         lib = compile_c(cc, src, root / helper_key(src, cc) / GUARD_NAME, ["-ldl"], "guard")
@@ -74,3 +79,55 @@ def run_guarded(command: Sequence[str], guard: Guard) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 128 - code if code < 0 else code
+
+
+# -- the guard of an environment ------------------------------------------------
+
+ENV_PACKAGE = "_slimwheel_guard"
+ENV_PTH = "_slimwheel_guard.pth"
+_LOADER = """\"\"\"slimwheel's guard for this environment: names removed host code that runs.
+
+Installed by ``slimwheel slim-env --guard``, removed by ``slimwheel restore``.
+\"\"\"
+
+import ctypes
+import os
+
+try:
+    ctypes.CDLL(os.path.join(os.path.dirname(__file__), "libslimwheel_guard.so"))
+except OSError:
+    pass
+"""
+
+
+def install_env_guard(site: Path, guard: Guard) -> None:
+    """Every Python process of the environment loads the (host) guard at start-up:
+    a ``.pth`` file imports a small package holding a copy of the library."""
+    from .write import atomic_output
+
+    pkg = site / ENV_PACKAGE
+    pkg.mkdir(exist_ok=True)
+    with atomic_output(pkg / GUARD_NAME, mode=0o755) as f, open(guard.library, "rb") as src:
+        f.write(src.read())
+    with atomic_output(pkg / "__init__.py", mode=0o644) as f:
+        f.write(_LOADER.encode())
+    with atomic_output(site / ENV_PTH, mode=0o644) as f:  # last: the package is complete
+        f.write(f"import {ENV_PACKAGE}\n".encode())
+
+
+def remove_env_guard(site: Path) -> bool:
+    """Take the guard out of an environment; whether it was there."""
+    pth, pkg = site / ENV_PTH, site / ENV_PACKAGE
+    found = pth.exists() or pkg.exists()
+    pth.unlink(missing_ok=True)  # first: no process loads a half-removed package
+    for name in (GUARD_NAME, "__init__.py"):
+        (pkg / name).unlink(missing_ok=True)
+    if pkg.is_dir():
+        import shutil
+
+        shutil.rmtree(pkg)
+    return found
+
+
+def env_guard_installed(site: Path) -> bool:
+    return (site / ENV_PTH).is_file()

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..env import restore_env
+from ..guard import remove_env_guard
 from .options import add_env_options, human, sites, store_from
 
 HELP = "restore the original libraries of an environment slimmed with slim-env"
@@ -22,4 +23,6 @@ def execute(args: argparse.Namespace) -> int:
     for site, conda in sites(args):
         for c in restore_env(site, store, only=args.only, conda=conda):
             print(f"{c.path}: restored ({human(c.after)})")
+        if not conda and not args.only and remove_env_guard(site):
+            print("guard removed")
     return 0

@@ -9,6 +9,7 @@ from typing import Any
 from ..elf import open_elf
 from ..env import env_status
 from ..errors import SlimwheelError
+from ..guard import env_guard_installed
 from ..note import read_note
 from .options import add_env_options, human, sites, store_from
 
@@ -27,12 +28,14 @@ def execute(args: argparse.Namespace) -> int:
     for site, conda in sites(args):
         for e in env_status(site, store, conda=conda):
             saved += e.original_size - e.slim_size
-            profile = f", profile {e.profile_digest[:8]}" if e.profile_digest else ""
+            profile = f", profile {e.profile_digest[:12]}" if e.profile_digest else ""
             backup = "" if e.backup else ", no backup"
             print(
                 f"{e.path}: slimmed for {','.join(e.targets)}{profile}{backup}: "
                 f"{human(e.original_size)} -> {human(e.slim_size)}{_host(site / e.path)}"
             )
+        if not conda and env_guard_installed(site):
+            print(f"guard installed in {site} (slimwheel slim-env --guard)")
     print(f"saved {human(saved)}")
     return 0
 

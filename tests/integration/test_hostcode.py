@@ -324,3 +324,41 @@ def test_profile_show_and_merge_keep_host_code(
     lib = orig / "libhostfx.so"
     assert executed_pages(merged, lib) == executed_pages(profile, lib) | executed_pages(b, lib)
     assert page_of(lib, "fx_only_in_b") in executed_pages(merged, lib)
+
+
+def test_build_with_cpu_for_wheels_and_conda_packages(
+    tmp_path: Path, recorded: tuple[Path, Path, Path]
+) -> None:
+    """build --cpu goes through the store like every option: its own key, the same bytes
+    twice, the note in the library of the wheel and of the conda package."""
+    from tests.conda_packages import make_package
+    from tests.integration.test_build import make_wheel
+
+    orig, profile, _slim = recorded
+    lib = (orig / "libhostfx.so").read_bytes()
+    (tmp_path / "in").mkdir()
+    wheel = make_wheel(tmp_path / "in", "hostfx", "1.0", {"hostfx/libhostfx.so": lib})
+    conda = make_package(tmp_path / "in", "hostfx", {"lib/libhostfx.so": lib})
+    env = dict(os.environ, SLIMWHEEL_STORE=str(tmp_path / "store"), SOURCE_DATE_EPOCH="1700000000")
+    outs = []
+    for i, flags in enumerate((["--cpu"], ["--cpu"], [])):
+        out = tmp_path / f"out{i}"
+        got = cli(
+            "build", str(wheel), str(conda), "--arch", "sm_90", "--profile", str(profile),
+            *flags, "--min-hole", "4K", "-o", str(out), "-q", env=env,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        outs.append(sorted(p for p in out.iterdir() if p.is_file()))
+    cpu, again, plain = outs
+    assert [p.read_bytes() for p in cpu] == [p.read_bytes() for p in again]
+    assert [p.name for p in cpu] != [p.name for p in plain]  # the label says cpu
+    import zipfile
+
+    (whl,) = [p for p in cpu if p.suffix == ".whl"]
+    with zipfile.ZipFile(whl) as zf:
+        (tmp_path / "w.so").write_bytes(zf.read("hostfx/libhostfx.so"))
+    with open_elf(tmp_path / "w.so") as elf:
+        note = read_note(elf)
+    assert note is not None and note.unit_at(symbol(orig / "libhostfx.so", "fx_never")[0])
+    (pkg,) = [p for p in cpu if p.name.endswith(".conda")]
+    assert ".cpu" in pkg.name or "cpu" in pkg.name

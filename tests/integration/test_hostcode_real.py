@@ -93,19 +93,21 @@ def test_openblas_matmul_profile(numpy_env: tuple[Path, Path]) -> None:
     before = tree_hashes(site)
     got = cli(
         "slim-env", "--python", str(python), "--arch", "sm_90", "--profile", str(profile),
-        "--cpu", env=env,
+        "--cpu", "--guard", env=env,
     )  # fmt: skip
     assert got.returncode == 0, got.stderr
     assert tree_hashes(site)[blas["site_relative"]] != before[blas["site_relative"]]
     status = cli("status", "--python", str(python), env=env)
     assert status.returncode == 0 and "host code -" in status.stdout, status.stdout
+    assert "guard installed" in status.stdout
 
     # The recorded workload: identical.
     after = subprocess.run([str(python), script], capture_output=True, text=True)
     assert (after.returncode, after.stdout) == (0, expected.stdout)
-    # One it never saw: a fault, named by the guard.
+    # One it never saw: a fault, named by the guard (the environment's, then doctor's).
     bare = subprocess.run([str(python), script, "svd"], capture_output=True, text=True)
     assert bare.returncode == -signal.SIGSEGV
+    assert "was removed by slimwheel --cpu" in bare.stderr, bare.stderr
     guarded = cli("doctor", "--", str(python), script, "svd", env=env)
     assert guarded.returncode == 128 + signal.SIGSEGV
     lines = [ln for ln in guarded.stderr.splitlines() if ln.startswith("slimwheel: ")]
@@ -120,3 +122,52 @@ def test_openblas_matmul_profile(numpy_env: tuple[Path, Path]) -> None:
     assert tree_hashes(site) == before
     svd = subprocess.run([str(python), script, "svd"], capture_output=True, text=True)
     assert svd.returncode == 0
+
+
+TORCH_CPU = "torch==2.13.0"  # the CPU build (pip takes it from this machine's disk)
+MOBILENET = Path(__file__).resolve().parents[2] / "profiles" / "workloads" / "mobilenet_v2_infer.py"
+
+
+@pytest.mark.slow
+def test_libtorch_cpu_mobilenet_inference(tmp_path: Path) -> None:
+    """CPU-only torch: MobileNetV2 inference recorded, the environment slimmed with
+    --cpu, the inference identical, an unrecorded op named by the guard, restore exact."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", TORCH_CPU, "numpy"], check=True, timeout=900
+    )
+    site = venv_purelib(python)
+    env = dict(os.environ, SLIMWHEEL_STORE=str(tmp_path / "store"))
+    expected = subprocess.run([str(python), str(MOBILENET)], capture_output=True, text=True)
+    assert expected.returncode == 0, expected.stderr
+    profile = tmp_path / "mobilenet.json"
+    got = cli("profile", "-o", str(profile), "--", str(python), str(MOBILENET), env=env)
+    assert got.returncode == 0, got.stderr
+    before = tree_hashes(site)
+    before_sizes = {str(p.relative_to(site)): p.stat().st_size for p in site.rglob("*.so*")}
+    got = cli(
+        "slim-env", "--python", str(python), "--arch", "sm_90", "--profile", str(profile),
+        "--cpu", env=env,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    status = cli("status", "--python", str(python), env=env).stdout
+    (line,) = [ln for ln in status.splitlines() if ln.startswith("torch/lib/libtorch_cpu.so")]
+    print(line)
+    assert "host code -" in line
+    lib = site / "torch/lib/libtorch_cpu.so"
+    size_before = int(before_sizes[str(lib.relative_to(site))])
+    after = subprocess.run([str(python), str(MOBILENET)], capture_output=True, text=True)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.split()[0] == expected.stdout.split()[0]  # the logits' digest
+    guarded = cli(
+        "doctor", "--", str(python), "-c", "import torch; print(torch.randn(3).sum())", env=env
+    )
+    assert guarded.returncode == 128 + signal.SIGSEGV, guarded.stderr[-2000:]
+    lines = [ln for ln in guarded.stderr.splitlines() if ln.startswith("slimwheel: ")]
+    assert len(lines) == 1 and "was removed by slimwheel --cpu" in lines[0], guarded.stderr
+    assert lib.stat().st_size < 0.6 * size_before  # most of its host code is gone
+    got = cli("restore", "--python", str(python), env=env)
+    assert got.returncode == 0, got.stderr
+    assert tree_hashes(site) == before
