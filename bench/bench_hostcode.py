@@ -84,29 +84,43 @@ def run_workload(cmd: list[str]) -> tuple[str, float, float]:
 
 
 def overhead(cmd: list[str], runs: int, env: dict[str, str], tmp: Path) -> list[str]:
+    """The workload's own time per batch and its process's wall time: plain, with the
+    device recorder (CUPTI injection), and with the host recorder too. The recorders
+    are injected as ``slimwheel profile`` does; what profile does after the command
+    (hashing the libraries into the profile) is not counted."""
+    from slimwheel.hostuse import build_host_recorder
+    from slimwheel.profile import build_recorder
+    from slimwheel.store import Store
+
+    store = Store(env["SLIMWHEEL_STORE"])
+    device = build_recorder(store)
+    host = build_host_recorder(store.root / "recorder" / "host")
+    records = tmp / "records"
+    envs = {
+        "plain": dict(os.environ),
+        "device recorder": dict(os.environ, CUDA_INJECTION64_PATH=str(device)),
+        "device + host recorder": host.environment(
+            dict(os.environ, CUDA_INJECTION64_PATH=str(device)), str(records)
+        ),
+    }
+    batches: dict[str, list[float]] = {label: [] for label in envs}
+    walls: dict[str, list[float]] = {label: [] for label in envs}
+    for _ in range(runs):  # interleaved, so drift hits every mode alike
+        for label, run_env in envs.items():
+            records.mkdir(exist_ok=True)
+            t = time.monotonic()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, check=True)
+            walls[label].append(time.monotonic() - t)
+            batches[label].append(float(proc.stdout.split()[1]))
+            for f in records.iterdir():
+                f.unlink()
     rows = []
-    plain = [run_workload(cmd) for _ in range(runs)]
-    modes = {"plain": None, "device recorder": ["--no-cpu"], "device + host recorder": []}
-    base_batch = statistics.median(r[1] for r in plain)
-    base_wall = statistics.median(r[2] for r in plain)
-    for label, flags in modes.items():
-        if flags is None:
-            batch, wall = base_batch, base_wall
-        else:
-            walls, batches = [], []
-            for i in range(runs):
-                out = tmp / f"p{i}.json"
-                t = time.monotonic()
-                profile = [sys.executable, "-m", "slimwheel", "profile", *flags, "-o", str(out)]
-                proc = subprocess.run(
-                    [*profile, "--", *cmd], capture_output=True, text=True, env=env, check=True
-                )
-                walls.append(time.monotonic() - t)
-                batches.append(float(proc.stdout.split()[1]))
-            batch, wall = statistics.median(batches), statistics.median(walls)
+    base_b, base_w = statistics.median(batches["plain"]), statistics.median(walls["plain"])
+    for label in envs:
+        batch, wall = statistics.median(batches[label]), statistics.median(walls[label])
         rows.append(
-            f"| {label} | {batch:.2f} ms ({(batch / base_batch - 1) * 100:+.1f}%) "
-            f"| {wall:.2f} s ({(wall / base_wall - 1) * 100:+.1f}%) |"
+            f"| {label} | {batch:.2f} ms ({(batch / base_b - 1) * 100:+.1f}%) "
+            f"| {wall:.2f} s ({(wall / base_w - 1) * 100:+.1f}%) |"
         )
     return rows
 
@@ -183,6 +197,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--overhead-only", action="store_true")
     args = ap.parse_args()
     tmp = CACHE / "bench-host" / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -202,6 +217,8 @@ def main() -> None:
     for name, (python, cmd) in workloads.items():
         report += [f"\n{name}\n", "| run | time per batch | whole run |", "|---|---|---|"]
         report += overhead(cmd, args.runs, env, tmp)
+        if args.overhead_only:
+            continue
         profile = tmp / f"{python.parent.parent.name}.json"
         slimwheel("profile", "-o", str(profile), "--", *cmd, env=env)
         doc = json.loads(profile.read_text())

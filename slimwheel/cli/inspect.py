@@ -101,7 +101,11 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
 
     console = make_console()
     targets = doc["targets"]
-    libs = [lib for lib in doc["libraries"] if show_all or lib["regions"] or lib["bare_cubins"]]
+    libs = [
+        lib
+        for lib in doc["libraries"]
+        if show_all or lib["regions"] or lib["bare_cubins"] or lib["host_code"]
+    ]
     table = Table(title="CUDA device code", title_justify="left", show_footer=True)
     totals = doc["totals"]
     table.add_column("library", footer=f"total ({totals['libraries']} libraries)")
@@ -186,6 +190,9 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
             f"\nA slim for {', '.join(targets)} would remove {human(removable)} of "
             f"{human(size)} ({_pct(removable, size)})."
         )
+    if totals["host_removable_bytes"] is not None:
+        host = totals["host_removable_bytes"]
+        console.print(f"--cpu would also remove {human(host)} of host code.")
 
 
 def _render_bare(console: Console, lib: Doc) -> None:

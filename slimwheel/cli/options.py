@@ -67,6 +67,14 @@ def add_policy_options(
         "removed code faults: see slimwheel doctor)",
     )
     parser.add_argument(
+        "--min-hole",
+        type=parse_size,
+        default=DEFAULT_MIN_HOLE,
+        metavar="SIZE",
+        help="smallest run of removed bytes (zeros, or host code with --cpu) taken out of the "
+        "file (default 64K; each costs a PT_LOAD)",
+    )
+    parser.add_argument(
         "--leave-section",
         action="append",
         default=[],
@@ -84,13 +92,6 @@ def add_policy_options(
             action="store_true",
             help="also remove what no process maps: DWARF (.debug_*) and the static symbol "
             "table (.symtab/.strtab), from every ELF library, with device code or not",
-        )
-        parser.add_argument(
-            "--min-hole",
-            type=parse_size,
-            default=DEFAULT_MIN_HOLE,
-            metavar="SIZE",
-            help="smallest zero run taken out of the file (default 64K; each costs a PT_LOAD)",
         )
 
 

@@ -362,3 +362,42 @@ def test_build_with_cpu_for_wheels_and_conda_packages(
     assert note is not None and note.unit_at(symbol(orig / "libhostfx.so", "fx_never")[0])
     (pkg,) = [p for p in cpu if p.name.endswith(".conda")]
     assert ".cpu" in pkg.name or "cpu" in pkg.name
+
+
+def test_inspect_and_slim_json_report_host_code(
+    tmp_path: Path, recorded: tuple[Path, Path, Path]
+) -> None:
+    import jsonschema
+
+    orig, profile, _slim = recorded
+    schemas = Path(__file__).resolve().parents[2] / "slimwheel" / "schemas"
+    lib = str(orig / "libhostfx.so")
+    args = ("--arch", "sm_90", "--profile", str(profile), "--cpu")
+    got = cli("inspect", *args, "--min-hole", "4K", lib, "--json")
+    assert got.returncode == 0, got.stderr
+    doc = json.loads(got.stdout)
+    jsonschema.validate(doc, json.loads((schemas / "inspect.schema.json").read_text()))
+    host = doc["libraries"][0]["host_code"]
+    assert host["functions"] > host["removable_functions"] > 0
+    assert doc["totals"]["host_removable_bytes"] == host["removable_bytes"] > 0
+    text = cli("inspect", *args, "--min-hole", "4K", lib)
+    assert "--cpu would remove" in text.stdout
+    got = cli("slim", *args, "--min-hole", "4K", lib, "-o", str(tmp_path / "x.so"), "--json")
+    assert got.returncode == 0, got.stderr
+    slim = json.loads(got.stdout)
+    jsonschema.validate(slim, json.loads((schemas / "slim.schema.json").read_text()))
+    assert slim["host_code"]["functions"]["removed"] >= 3  # fx_only_in_b, fx_never, fx_report
+    explain = cli("slim", *args, "--min-hole", "4K", lib, "-o", str(tmp_path / "y.so"), "--explain")
+    assert "remove fx_only_in_b" in explain.stdout and "unmap  [0x" in explain.stdout
+
+
+def test_a_worker_killed_with_sigkill_keeps_what_it_ran(tmp_path: Path) -> None:
+    """Snapshots every SLIMWHEEL_HOST_FLUSH_MS: a child killed with SIGKILL (no exit path
+    at all) still has the function it ran in the profile."""
+    d = build_fixture(tmp_path / "k")
+    profile = tmp_path / "k.json"
+    env = dict(os.environ, SLIMWHEEL_STORE=str(tmp_path / "store"), SLIMWHEEL_HOST_FLUSH_MS="200")
+    got = cli("profile", "-o", str(profile), "--", str(d / "driver"), "k", env=env)
+    assert got.returncode == 0 and "killed the child" in got.stdout, got.stderr
+    assert page_of(d / "libhostfx.so", "fx_never") in executed_pages(profile, d / "libhostfx.so")
+    assert load_profile(profile).processes == 3  # the driver, fx_child's child, the killed one
