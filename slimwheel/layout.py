@@ -187,8 +187,9 @@ def _split(elf: ElfFile, holes: list[Hole], omap: _OffsetMap) -> list[Segment]:
 
 def _split_sections(elf: ElfFile, edit: Edit, holes: list[Hole], omap: _OffsetMap) -> list[Section]:
     """Sections with holes inside become pieces: PROGBITS for what stays, NOBITS for
-    each hole. The first piece keeps the section's index (a hole at the section's
-    first byte makes it the NOBITS piece); the others are appended."""
+    each hole, alternating from a data piece (empty when a hole starts at the
+    section's first byte, or ends at its last). The first piece keeps the
+    section's index; the others are appended."""
     base: list[Section] = []
     extra: list[Section] = []
     for s in elf.sections:
@@ -205,20 +206,26 @@ def _split_sections(elf: ElfFile, edit: Edit, holes: list[Hole], omap: _OffsetMa
         if not inside or s.type == SHT.NOBITS:
             base.append(replace(s, offset=omap(s.offset)))
             continue
-        pieces: list[Section] = []
         start = s.offset
+        first = True
         for h in [*inside, None]:
             stop = h.offset if h is not None else s.offset + size
-            if stop > start:
-                pieces.append(
-                    replace(
-                        s, offset=omap(start), addr=s.addr + (start - s.offset), size=stop - start
-                    )
-                )
+            piece = replace(
+                s,
+                offset=omap(start),
+                addr=s.addr + (start - s.offset),
+                size=stop - start,
+            )
+            if first:
+                base.append(piece)
+                first = False
+            else:
+                extra.append(replace(piece, index=len(elf.sections) + len(extra)))
             if h is not None:
-                pieces.append(
+                extra.append(
                     replace(
                         s,
+                        index=len(elf.sections) + len(extra),
                         type=SHT.NOBITS,
                         offset=omap(h.offset),
                         addr=s.addr + (h.offset - s.offset),
@@ -226,9 +233,6 @@ def _split_sections(elf: ElfFile, edit: Edit, holes: list[Hole], omap: _OffsetMa
                     )
                 )
                 start = h.end
-        base.append(replace(pieces[0], index=s.index))
-        for piece in pieces[1:]:
-            extra.append(replace(piece, index=len(elf.sections) + len(extra)))
     return base + extra
 
 

@@ -32,7 +32,7 @@ from .layout import DEFAULT_MIN_HOLE
 from .profile import LibraryUsage, Profile
 
 #: Bump when the slim output for the same inputs changes.
-FORMAT_VERSION = 3  # 2: regions with nothing left are zeroed whole; 3: a profile's note
+FORMAT_VERSION = 2  # 2: regions with nothing left are zeroed whole
 
 USER_LEAVE_REASON = "left alone on request (--leave-section)"
 
@@ -72,6 +72,7 @@ class LibraryPolicy:
     compact: bool = True
     min_hole: int = DEFAULT_MIN_HOLE
     strip: bool = False  # also remove DWARF and the static symbol table (--strip)
+    cpu: bool = False  # --cpu: host code goes, and the library gets a note (also for device code)
     host: HostUse | None = None  # --cpu: the pages the profile ran (matched by hash only)
     profile_digest: str = ""  # the profile's digest, named in the library's note
     note: str = ""  # a warning for the user (the profile was recorded on another build)
@@ -96,8 +97,8 @@ class LibraryPolicy:
             options["min_hole"] = self.min_hole
         if self.strip:
             options["strip"] = True
-        if self.host is not None:
-            options["cpu"] = self.host.digest()
+        if self.cpu:
+            options["cpu"] = self.host.digest() if self.host is not None else "no host record"
         return _digest(
             {
                 "library": library_sha256,
@@ -178,6 +179,7 @@ class SlimPolicy:
             compact=self.compact,
             min_hole=self.min_hole,
             strip=self.strip,
+            cpu=self.cpu,
             host=host,
             profile_digest=self.profile_digest or "",
             note=note,

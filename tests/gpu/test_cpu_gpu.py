@@ -74,7 +74,9 @@ def test_the_guard_names_a_kernel_a_profile_removed(
     usage = p.for_library(file_sha256(lib), lib.name)
     assert usage is not None and usage.kernels == ("usage_kA",)
     slim = tmp_path / lib.name
-    policy = LibraryPolicy(targets=(Target(*cap),), usage=usage, profile_digest=p.digest())
+    policy = LibraryPolicy(
+        targets=(Target(*cap),), usage=usage, profile_digest=p.digest(), cpu=True
+    )
     assert slim_library(lib, slim, policy).report.problems == []
     for mode in ("LAZY", "EAGER"):
         env = dict(os.environ, CUDA_MODULE_LOADING=mode)
