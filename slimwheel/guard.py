@@ -14,13 +14,11 @@ kernel that a profile removed is named when its lookup or launch fails.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from .child import run_command
 from .native import compile_c, find_cc, helper_key, source
 from .profile import ProfileError, find_cupti
 
@@ -66,19 +64,7 @@ def guarded_environment(guard: Guard, base: dict[str, str]) -> dict[str, str]:
 
 def run_guarded(command: Sequence[str], guard: Guard) -> int:
     """Run ``command`` with the guard; its exit status (128 + N for signal N)."""
-    try:
-        proc = subprocess.Popen(list(command), env=guarded_environment(guard, dict(os.environ)))
-    except OSError as exc:
-        raise InputError(f"cannot run {command[0]}: {exc.strerror}") from None
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, lambda s, _f: proc.send_signal(s))
-    try:
-        code = proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 128 - code if code < 0 else code
+    return run_command(command, guarded_environment(guard, dict(os.environ)))
 
 
 # -- the guard of an environment ------------------------------------------------

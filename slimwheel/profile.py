@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .child import run_command
 from .elf import ElfFile, map_file
 from .errors import InputError, SlimwheelError
 from .fatbin import ElementKind, payload, scan
@@ -566,15 +565,7 @@ def record(
         if host is not None:
             env = host.environment(env, tmp)
         try:
-            proc = subprocess.Popen(list(command), env=env)
-        except OSError as exc:
-            raise ProfileError(f"cannot run {command[0]}: {exc.strerror}") from None
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda s, _f: proc.send_signal(s))
-        try:
-            code = proc.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return (128 - code if code < 0 else code), collect(tmp)
+            code = run_command(command, env)
+        except InputError as exc:
+            raise ProfileError(exc.message) from None
+        return code, collect(tmp)

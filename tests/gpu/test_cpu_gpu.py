@@ -30,9 +30,9 @@ from slimwheel.profile import load_profile
 from slimwheel.slim import slim_library
 from slimwheel.store import file_sha256
 from tests.gpu.conftest import gpu_capability
-from tests.gpu.test_slim_env_gpu import _digests
+from tests.gpu.test_slim_env_gpu import _digests, venv_copy
 from tests.gpu.test_slim_fixtures_gpu import NO_KERNEL_IMAGE
-from tests.gpu.test_torch_stack_gpu import BATTERY, compare, installed_site, run_battery
+from tests.gpu.test_torch_stack_gpu import BATTERY, compare, run_battery
 from tests.helpers import venv_purelib
 
 pytestmark = pytest.mark.gpu
@@ -93,23 +93,6 @@ def test_the_guard_names_a_kernel_a_profile_removed(
         assert _guard_lines(got.stderr) == []
 
 
-def _venv_copy(tmp_path: Path) -> tuple[Path, Path]:
-    site = installed_site()
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    vsite = venv_purelib(py)
-    for entry in sorted(site.iterdir()):
-        n = entry.name
-        if entry.is_dir() and (
-            n in ("torch", "nvidia")
-            or (n.startswith(("torch-", "nvidia_")) and n.endswith(".dist-info"))
-        ):
-            shutil.copytree(entry, vsite / n, symlinks=True)
-    (vsite / "zz_installed_site.pth").write_text(f"{site}\n")
-    return py, vsite
-
-
 #: Module loading modes to record and compare under (SLIMWHEEL_GPU_MODES=LAZY for a short run).
 MODES = tuple(os.environ.get("SLIMWHEEL_GPU_MODES", "LAZY,EAGER").split(","))
 
@@ -163,12 +146,13 @@ def recorded_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     if done.is_file():
         py = base / "venv" / "bin" / "python"
         return py, venv_purelib(py), base / "battery.json", store
-    py, vsite = _venv_copy(base)
+    py, vsite = venv_copy(base)
     profile = _record_battery(py, base, store)
     done.write_text("ok\n")
     return py, vsite, profile, store
 
 
+@pytest.mark.slow
 def test_torch_stack_with_host_code_removed(
     recorded_copy: tuple[Path, Path, Path, Path], tmp_path: Path
 ) -> None:
@@ -222,6 +206,7 @@ def test_torch_stack_with_host_code_removed(
     ]
 
 
+@pytest.mark.slow
 def test_torch_stack_removed_kernel_is_named(
     recorded_copy: tuple[Path, Path, Path, Path], tmp_path: Path
 ) -> None:

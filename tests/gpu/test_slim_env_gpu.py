@@ -60,9 +60,11 @@ def _cli(*args: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_slim_env_native_then_restore(tmp_path: Path) -> None:
+def venv_copy(where: Path) -> tuple[Path, Path]:
+    """(python, site-packages) of a venv under ``where`` holding copies of the installed
+    torch/, nvidia/ and their .dist-info; a .pth puts the installed site after it."""
     site = installed_site()
-    venv = tmp_path / "venv"
+    venv = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     vsite = venv_purelib(py)
@@ -74,6 +76,12 @@ def test_slim_env_native_then_restore(tmp_path: Path) -> None:
         ):
             shutil.copytree(entry, vsite / n, symlinks=True)
     (vsite / "zz_installed_site.pth").write_text(f"{site}\n")
+    return py, vsite
+
+
+def test_slim_env_native_then_restore(tmp_path: Path) -> None:
+    site = installed_site()
+    py, vsite = venv_copy(tmp_path)
     before = _digests(vsite)
     installed_before = {
         p: os.stat(p).st_mtime_ns for p in (site / "torch/lib").glob("*.so*") if p.is_file()
