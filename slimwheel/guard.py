@@ -14,6 +14,7 @@ kernel that a profile removed is named when its lookup or launch fails.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,7 @@ def install_env_guard(site: Path, guard: Guard) -> None:
     pkg = site / ENV_PACKAGE
     pkg.mkdir(exist_ok=True)
     with atomic_output(pkg / GUARD_NAME, mode=0o755) as f, open(guard.library, "rb") as src:
-        f.write(src.read())
+        shutil.copyfileobj(src, f)
     with atomic_output(pkg / "__init__.py", mode=0o644) as f:
         f.write(_LOADER.encode())
     with atomic_output(site / ENV_PTH, mode=0o644) as f:  # last: the package is complete
@@ -109,8 +110,6 @@ def remove_env_guard(site: Path) -> bool:
     for name in (GUARD_NAME, "__init__.py"):
         (pkg / name).unlink(missing_ok=True)
     if pkg.is_dir():
-        import shutil
-
         shutil.rmtree(pkg)
     return found
 

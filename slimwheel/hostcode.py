@@ -46,7 +46,6 @@ IRELATIVE = {EMachine.X86_64: 37, EMachine.AARCH64: 1032}
 
 _COLD = re.compile(r"^(?P<parent>.+?)\.cold(?:\.\d+)?$")
 _RELA = struct.Struct("<QQq")
-_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,20 +111,25 @@ def _load_of(elf: ElfFile, offset: int, size: int) -> Segment | None:
     return None
 
 
-def _function_ranges(elf: ElfFile) -> tuple[list[tuple[int, int]], dict[int, str]]:
+def _function_ranges(elf: ElfFile) -> tuple[list[tuple[int, int]], dict[int, str], set[int]]:
+    """Function ranges (FDEs and symbols), names by address, and IFUNC resolvers:
+    one pass over each symbol table (libtorch_cpu's has 500,000 entries)."""
     ranges = [(f.start, f.end) for f in fdes(elf)]
     names: dict[int, str] = {}
+    ifuncs: set[int] = set()
     for sec in elf.sections:
         if sec.type not in (SHT.SYMTAB, SHT.DYNSYM):
             continue
         for sym in elf.symbols(sec):
             if sym.type not in (STT.FUNC, STT.GNU_IFUNC) or not sym.value:
                 continue
+            if sym.type == STT.GNU_IFUNC:
+                ifuncs.add(sym.value)
             if sym.size:
                 ranges.append((sym.value, sym.value + sym.size))
             if sym.name and (sym.value not in names or sec.type == SHT.DYNSYM):
                 names[sym.value] = sym.name[:MAX_NAME]
-    return ranges, names
+    return ranges, names, ifuncs
 
 
 def units_of(section: Section, ranges: list[tuple[int, int]], names: dict[int, str]) -> list[Unit]:
@@ -157,7 +161,8 @@ def _name_in(starts: list[int], names: dict[int, str], a: int, b: int) -> str:
 
 
 def always_run(elf: ElfFile) -> set[int]:
-    """Addresses of code that runs without a call a profile sees."""
+    """Addresses of code that runs without a call a profile sees (IFUNC symbols aside:
+    :func:`_function_ranges` finds those in its pass over the symbol tables)."""
     out: set[int] = set()
     if elf.header.entry:
         out.add(elf.header.entry)
@@ -174,10 +179,7 @@ def always_run(elf: ElfFile) -> set[int]:
             out.update(_array_targets(elf, addr_tag, size_tag))
         out.update(_irelative_targets(elf))
     except SlimwheelError:
-        pass  # no dynamic section to read: the symbols below still count
-    for sec in elf.sections:
-        if sec.type in (SHT.SYMTAB, SHT.DYNSYM):
-            out.update(s.value for s in elf.symbols(sec) if s.type == STT.GNU_IFUNC and s.value)
+        pass  # no dynamic section to read: the IFUNC symbols still count
     return out
 
 
@@ -221,8 +223,8 @@ def plan_host(
     if use.page_size > granule:
         granule = use.page_size
     sections = candidate_sections(elf)
-    ranges, names = _function_ranges(elf)
-    must = sorted(always_run(elf))
+    ranges, names, ifuncs = _function_ranges(elf)
+    must = sorted(always_run(elf) | ifuncs)
     units: list[tuple[Section, Segment, Unit]] = []
     for s in sections:
         seg = _load_of(elf, s.offset, s.size)

@@ -72,9 +72,6 @@ class Note:
                 return u
         return None
 
-    def removed_kernel(self, name: str) -> bool:
-        return fnv1a(name) in set(self.kernel_hashes)
-
 
 def make_note(host: HostPlan | None, removed_kernels: Iterable[str], digest: str) -> Note | None:
     """The note for a slim output, or None when no profile removed anything."""
@@ -122,8 +119,9 @@ def note_bytes(note: Note) -> bytes:
     return header + ranges + kernels + body
 
 
-def read_note(elf: ElfFile) -> Note | None:
-    """The note of a slimmed library, or None."""
+def read_note(elf: ElfFile, *, body: bool = True) -> Note | None:
+    """The note of a slimmed library, or None. ``body=False``: ranges and kernel
+    hashes only, without inflating the body (names of a big library: tens of MB)."""
     sec = elf.section_by_name(NOTE_SECTION)
     if sec is None:
         return None
@@ -143,6 +141,11 @@ def read_note(elf: ElfFile) -> Note | None:
         or nu * _UNIT.size > raw_size
     ):
         raise NoteError(f"{NOTE_SECTION} is truncated or inconsistent", path=elf.name)
+    ranges = tuple(_RANGE.unpack_from(data, _HEADER.size + i * _RANGE.size) for i in range(nr))
+    kernels = tuple(_U64.unpack_from(data, kernels_at + i * 8)[0] for i in range(nk))
+    digest_text = digest.decode("ascii", "replace")
+    if not body:
+        return Note(digest_text, flags, ranges, (), kernels)
     try:
         d = zlib.decompressobj()
         raw = d.decompress(data[body_at:], raw_size)
@@ -152,7 +155,6 @@ def read_note(elf: ElfFile) -> Note | None:
         ) from None
     if len(raw) != raw_size:
         raise NoteError(f"{NOTE_SECTION}: body is not its stated size", path=elf.name)
-    ranges = tuple(_RANGE.unpack_from(data, _HEADER.size + i * _RANGE.size) for i in range(nr))
     strings_at = nu * _UNIT.size
     units = []
     for i in range(nu):
@@ -162,5 +164,4 @@ def read_note(elf: ElfFile) -> Note | None:
             z = raw.find(b"\0", strings_at + name_at)
             name = raw[strings_at + name_at : z if z >= 0 else len(raw)].decode("utf-8", "replace")
         units.append(Unit(start, stop, name, bool(uflags & 1)))
-    kernels = tuple(_U64.unpack_from(data, kernels_at + i * 8)[0] for i in range(nk))
-    return Note(digest.decode("ascii", "replace"), flags, ranges, tuple(units), kernels)
+    return Note(digest_text, flags, ranges, tuple(units), kernels)

@@ -422,11 +422,13 @@ def collect(directory: str) -> Profile:
             elif t == "runtime":
                 runtimes.add((os.path.basename(str(r.get("lib"))), int(r.get("version") or 0)))
     dists = _distributions()
-    usages = []
+    usages: list[LibraryUsage] = []
     matched: set[str] = set()
+    hosts = {os.path.realpath(r.path): r for r in collect_host(directory)}
     for path, use in sorted(libs.items()):
         if not os.path.isfile(path):
             continue
+        rec = hosts.pop(os.path.realpath(path), None)
         try:
             hashes = _element_hashes(path)
             with map_file(path) as buf:
@@ -449,11 +451,13 @@ def collect(directory: str) -> Profile:
                 variables=tuple(sorted(use.variables)),
                 regions=tuple(sorted(use.regions)),
                 images=tuple(loaded),
+                host=rec.use if rec is not None else None,  # one hash per file
             )
         )
-    host_recorded = bool(host_processes(directory))
-    processes += len(host_processes(directory) - device_pids)
-    for rec in collect_host(directory):
+    pids = host_processes(directory)
+    host_recorded = bool(pids)
+    processes += len(pids - device_pids)
+    for rec in hosts.values():
         try:
             with map_file(rec.path) as buf:
                 soname = ElfFile(buf, rec.path).soname
