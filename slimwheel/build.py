@@ -17,17 +17,15 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from . import __version__
 from .cached import LibraryOutcome, on_disk, slim_through_store
 from .elf import ELF_MAGIC
 from .errors import InputError, SlimwheelError
-from .files import install_sigbus_guard
 from .policy import SlimPolicy
 from .sources import extract_member
 from .store import Store, StoreError, file_sha256
@@ -41,6 +39,7 @@ from .wheel import (
     record_sha256,
     rewrite_wheel,
 )
+from .workers import worker_pool
 from .write import atomic_output
 
 PROVENANCE = "slimwheel.json"
@@ -292,39 +291,6 @@ def _unique(infos: list[WheelInfo]) -> list[WheelInfo]:
                 f"two different wheels named {info.filename}: {seen.path} and {info.path}"
             )
     return list(by_name.values())
-
-
-@contextlib.contextmanager
-def worker_pool(
-    jobs: int,
-) -> Iterator[Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]]:
-    """``run(fn, argument tuples)`` -> results in order; a SlimwheelError is
-    returned in its result's place (so every problem can be reported)."""
-
-    call = _call_in_worker
-    if jobs <= 1:
-        yield lambda fn, argv: [call(fn, a) for a in argv]
-        return
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-
-        def run(fn: Callable[..., Any], argv: list[tuple[Any, ...]]) -> list[Any]:
-            if len(argv) <= 1:
-                return [call(fn, a) for a in argv]
-            futures = [pool.submit(_call_in_worker, fn, a) for a in argv]
-            return [f.result() for f in futures]
-
-        yield run
-
-
-def _call_in_worker(fn: Callable[..., Any], a: tuple[Any, ...]) -> Any:
-    install_sigbus_guard()
-    try:
-        return fn(*a)
-    except SlimwheelError as exc:
-        return exc
 
 
 def download(

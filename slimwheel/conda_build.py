@@ -20,13 +20,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .build import PROVENANCE, BuildOptions, BuildResult, provenance, worker_pool
+from .build import PROVENANCE, BuildOptions, BuildResult, provenance
 from .cached import LibraryOutcome, on_disk, slim_through_store
 from .condapkg import Member, Package, pack, unpack
 from .elf import ELF_MAGIC
 from .errors import InputError, SlimwheelError
 from .store import Store, file_sha256
 from .wheel import source_date_epoch
+from .workers import worker_pool
 from .write import atomic_output
 
 

@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 
 from .cached import on_disk, slim_through_store
 from .elf import ElfFile, is_elf, map_file
-from .errors import InputError
+from .errors import InputError, SlimwheelError
 from .fatbin import scan
 from .files import describe_oserror, open_regular, read_json
 from .layout import strippable_sections
@@ -42,6 +42,7 @@ from .policy import SlimPolicy
 from .slim import make_plan, plan_host_code
 from .store import Store, file_sha256
 from .wheel import record_hash
+from .workers import worker_pool
 from .write import atomic_output, clean_debris, crash_point
 
 STATE_FILE = ".slimwheel-env.json"
@@ -500,14 +501,20 @@ def slim_env(
     backup: bool = True,
     progress: Callable[[str], None] | None = None,
     conda: bool = False,
+    jobs: int = 1,
 ) -> list[EnvChange]:
+    """Slim every candidate library of ``site``; with ``jobs`` > 1 the slim forms
+    (or the dry-run plans) are made in that many processes first, and the files
+    are then replaced one by one as with one job."""
     env = Environment(site, store, conda=conda)
     changes = []
     names = [t.name for t in policy.targets]
     with env.locked():
         candidates = env.candidates(only, strip=policy.strip, host=policy.cpu)
+        todo = [r for _o, r in candidates if r not in env.entries]
         if not dry_run:
             env.preflight([(o, r) for o, r in candidates if r not in env.entries])
+        early = _in_parallel(site, store, policy, todo, jobs, dry_run=dry_run)
         for dist_info, rel in candidates:
             path = site / rel
             size = path.stat().st_size
@@ -518,9 +525,15 @@ def slim_env(
             if progress:
                 progress(rel)
             if dry_run:
-                changes.append(_dry_run(path, rel, size, policy))
+                got_plan = early.get(rel)
+                changes.append(
+                    got_plan
+                    if isinstance(got_plan, EnvChange)
+                    else _dry_run(path, rel, size, policy)
+                )
                 continue
-            sha = file_sha256(path)
+            known = early.get(rel)
+            sha = known if isinstance(known, str) else file_sha256(path)
             got = slim_through_store(
                 store,
                 policy,
@@ -565,6 +578,39 @@ def slim_env(
             env.save()
             changes.append(EnvChange(rel, size, got.bytes_after, note=got.note))
     return changes
+
+
+def _in_parallel(
+    site: Path, store: Store, policy: SlimPolicy, todo: list[str], jobs: int, *, dry_run: bool
+) -> dict[str, EnvChange | str]:
+    """The dry-run plan (``EnvChange``) or, with the slim form now in the store, the
+    content hash of each library of ``todo``, made by ``jobs`` processes, largest
+    first. Nothing when one job would do it; the first problem is raised."""
+    if jobs <= 1 or len(todo) <= 1:
+        return {}
+    sized = sorted(((site / rel).stat().st_size, rel) for rel in todo)[::-1]
+    argv: list[tuple[Any, ...]]
+    if dry_run:
+        argv = [(site / rel, rel, size, policy) for size, rel in sized]
+        fn: Callable[..., Any] = _dry_run
+    else:
+        argv = [(store.root, policy, rel, str(site / rel), size) for size, rel in sized]
+        fn = _slim_into_store
+    with worker_pool(min(jobs, len(todo))) as run:
+        results = run(fn, argv)
+    for got in results:
+        if isinstance(got, SlimwheelError):
+            raise got
+    return {rel: got for (_size, rel), got in zip(sized, results, strict=True)}
+
+
+def _slim_into_store(root: Path, policy: SlimPolicy, rel: str, where: str, size: int) -> str:
+    """Make the slim form of the library at ``where`` in the store; its hash."""
+    sha = file_sha256(where)
+    slim_through_store(
+        Store(root), policy, member=rel, where=where, sha256=sha, size=size, source=on_disk(where)
+    )
+    return sha
 
 
 def _dry_run(path: Path, rel: str, size: int, policy: SlimPolicy) -> EnvChange:

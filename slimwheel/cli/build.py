@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..index import build_index
 from ..write import staged
 from .options import (
+    add_jobs_option,
     add_output_options,
     add_policy_options,
     add_store_option,
@@ -84,14 +85,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     pip.add_argument("--find-links", action="append", default=[], metavar="URL")
     pip.add_argument("--platform", action="append", default=[], metavar="PLATFORM")
     pip.add_argument("--python-version", metavar="VERSION")
-    p.add_argument(
-        "--jobs",
-        "-j",
-        type=int,
-        default=os.cpu_count() or 1,
-        metavar="N",
-        help="libraries slimmed in parallel (default: the machine's cores)",
-    )
+    add_jobs_option(p)
     add_store_option(p)
     add_output_options(p)
     return p
@@ -117,8 +111,6 @@ def _pip_args(args: argparse.Namespace) -> list[str]:
 def execute(args: argparse.Namespace) -> int:
     if not args.inputs and not args.requirement:
         raise UsageError("nothing to build: give wheels, directories or requirements")
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
     if args.local_label is not None and not _LABEL.fullmatch(args.local_label):
         raise UsageError(
             f"--local-label {args.local_label!r}: letters, digits and dots only (PEP 440)"

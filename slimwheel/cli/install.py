@@ -13,6 +13,7 @@ from typing import Any
 from ..env import site_dirs, slim_env
 from ..errors import InputError, UsageError
 from .options import (
+    add_jobs_option,
     add_policy_options,
     add_store_option,
     human,
@@ -36,6 +37,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         help="the environment's interpreter (default: the one running slimwheel)",
     )
     add_store_option(p)
+    add_jobs_option(p)
     p.add_argument("pip_args", nargs=argparse.REMAINDER, metavar="-- PIP_ARGS")
     return p
 
@@ -73,7 +75,7 @@ def execute(args: argparse.Namespace) -> int:
     store = store_from(args)
     saved = 0
     for site in site_dirs(args.python):
-        for c in slim_env(site, store, policy, only=installed):
+        for c in slim_env(site, store, policy, only=installed, jobs=args.jobs):
             if c.note:
                 warn(c.note)
             print(f"{c.path}: {human(c.before)} -> {human(c.after)}")

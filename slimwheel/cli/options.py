@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,6 +155,27 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
         "--store",
         metavar="DIR",
         help="the store of slimmed libraries (default: $SLIMWHEEL_STORE or the user cache)",
+    )
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return n
+
+
+def add_jobs_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=_jobs,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="libraries slimmed in parallel (default: the machine's cores)",
     )
 
 

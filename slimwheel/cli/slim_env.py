@@ -10,6 +10,7 @@ from ..errors import UsageError
 from ..guard import build_guard, install_env_guard
 from .options import (
     add_env_options,
+    add_jobs_option,
     add_policy_options,
     human,
     policy_from,
@@ -25,6 +26,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser("slim-env", help=HELP, description=HELP + ".")
     add_policy_options(p)
     add_env_options(p)
+    add_jobs_option(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     p.add_argument(
         "--no-backup",
@@ -55,6 +57,7 @@ def execute(args: argparse.Namespace) -> int:
             only=args.only,
             dry_run=args.dry_run,
             backup=not args.no_backup,
+            jobs=args.jobs,
         )
         for c in changes:
             if c.note:

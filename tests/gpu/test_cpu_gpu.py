@@ -29,6 +29,7 @@ from slimwheel.policy import LibraryPolicy
 from slimwheel.profile import load_profile
 from slimwheel.slim import slim_library
 from slimwheel.store import file_sha256
+from tests.fixtures.builds import BUILDS, build
 from tests.gpu.conftest import gpu_capability
 from tests.gpu.test_slim_env_gpu import _digests, venv_copy
 from tests.gpu.test_slim_fixtures_gpu import NO_KERNEL_IMAGE
@@ -62,12 +63,19 @@ def _guard_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("slimwheel: /")]
 
 
-def test_the_guard_names_a_kernel_a_profile_removed(
-    fixture_libs: dict[str, Path], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def usage_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The usage fixture alone (SLIMWHEEL_FIXTURE_CACHE as for every fixture)."""
+    keep = os.environ.get("SLIMWHEEL_FIXTURE_CACHE")
+    where = Path(keep) if keep else tmp_path_factory.mktemp("fixtures")
+    where.mkdir(parents=True, exist_ok=True)
+    return build(BUILDS["usage"], where)
+
+
+def test_the_guard_names_a_kernel_a_profile_removed(usage_lib: Path, tmp_path: Path) -> None:
     cap = gpu_capability()
     assert cap is not None
-    lib = fixture_libs["usage"]
+    lib = usage_lib
     prof = tmp_path / "usage.json"
     _cli("profile", "-o", str(prof), "--", sys.executable, str(RUNNER), str(lib), "usage_run_a")
     p = load_profile(prof)
@@ -145,11 +153,27 @@ def recorded_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     done = base / "ready"
     if done.is_file():
         py = base / "venv" / "bin" / "python"
+        # A run killed while the copy was slimmed: back to the original first.
+        _cli("restore", "--python", str(py), "--store", str(store))
         return py, venv_purelib(py), base / "battery.json", store
     py, vsite = venv_copy(base)
     profile = _record_battery(py, base, store)
     done.write_text("ok\n")
     return py, vsite, profile, store
+
+
+@pytest.mark.slow
+def test_the_battery_records_host_code(recorded_copy: tuple[Path, Path, Path, Path]) -> None:
+    """The merged battery profile: host code of the copy's torch libraries, page-exact."""
+    _py, vsite, profile, _store = recorded_copy
+    doc = load_profile(profile)
+    print("host_exact:", doc.host_exact, "processes:", doc.processes)
+    seen = {lib.name: lib for lib in doc.libraries if lib.host}
+    print(len(seen), "libraries with host code recorded")
+    assert doc.host_recorded and doc.host_exact
+    assert {"libtorch_cpu.so", "libtorch_cuda.so", "libc10.so"} <= set(seen)
+    lib = seen["libtorch_cpu.so"]
+    assert lib.sha256 == file_sha256(vsite / "torch/lib/libtorch_cpu.so"), "the copy's bytes"
 
 
 @pytest.mark.slow

@@ -327,3 +327,53 @@ def test_torch_environment(tmp_path: Path) -> None:
     assert imported.returncode == 0 and "2.14.1" in imported.stdout, imported.stderr[-2000:]
     assert _cli("restore", *args).returncode == 0
     assert _snapshot(site) == before
+
+
+def _add_to_record(site: Path, libs: dict[str, bytes]) -> None:
+    """Put ``libs`` (path in site-packages -> bytes) into curand's distribution."""
+    record = next(site.glob("nvidia_curand*.dist-info")) / "RECORD"
+    lines = record.read_text().splitlines()
+    for rel, data in libs.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+        digest = record_hash(hashlib.sha256(data).digest(), digest=True)
+        lines.insert(0, f"{rel},{digest},{len(data)}")
+    record.write_text("\n".join(lines) + "\n")
+
+
+def test_jobs_give_the_same_environment(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    """--jobs 2 makes the slim forms in two processes: the same files, the same plan."""
+    extra = {
+        "nvidia/cu13/lib/libbig.so": fixture_libs["big"].read_bytes(),
+        "nvidia/cu13/lib/libusage.so": fixture_libs["usage"].read_bytes(),
+    }
+    got = {}
+    for jobs in ("1", "2"):
+        py, site = _venv(tmp_path / jobs)
+        _add_to_record(site, extra)
+        args = ["--python", str(py), "--arch", "sm_90", "--jobs", jobs]
+        store = ["--store", str(tmp_path / jobs / "store")]
+        dry = _cli("slim-env", *args, *store, "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        r = _cli("slim-env", *args, *store)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count(" -> ") == 3, r.stdout
+        _record_true(site)
+        got[jobs] = (dry.stdout, r.stdout, _snapshot(site))
+    assert got["1"] == got["2"]
+
+
+def test_a_bad_library_stops_jobs_before_anything_changes(
+    fixture_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    py, site = _venv(tmp_path)
+    good = fixture_libs["big"].read_bytes()
+    _add_to_record(site, {"nvidia/cu13/lib/libbad.so": good[: len(good) // 3]})
+    before = _snapshot(site)
+    args = ["--python", str(py), "--arch", "sm_90", "--store", str(tmp_path / "s"), "-j", "2"]
+    r = _cli("slim-env", *args)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "libbad.so" in err[0], r.stderr
+    assert _snapshot(site) == before, "no library replaced"
+    assert _cli("slim-env", "--python", str(py), "--arch", "sm_90", "-j", "0").returncode == 2
