@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #define NOTE_SECTION ".slimwheel.host"
@@ -313,8 +314,42 @@ static const char *ADVICE =
     ": the profile never saw it run. Record this workload too and merge the profiles "
     "(slimwheel profile merge), then slim again; or run slimwheel restore.\n";
 
-/* Explain a fault at addr, if it lies in removed host code. */
-static void explain(uintptr_t addr) {
+/* Where the removed code was entered from: the return address on the stack
+ * (the call's; after a tail call, its caller's), as LIBRARY+0xOFFSET (SYMBOL). */
+static void say_caller(uintptr_t ret) {
+    Dl_info info;
+    if (!ret || !dladdr((void *)ret, &info) || !info.dli_fname) return;
+    const char *base = strrchr(info.dli_fname, '/');
+    says(", called from ");
+    says(base ? base + 1 : info.dli_fname);
+    says("+");
+    say_hex((uint64_t)(ret - (uintptr_t)info.dli_fbase));
+    if (info.dli_sname && info.dli_saddr) {
+        says(" (");
+        say_symbol(info.dli_sname, strlen(info.dli_sname));
+        says("+");
+        say_hex((uint64_t)(ret - (uintptr_t)info.dli_saddr));
+        says(")");
+    }
+}
+
+/* The return address of the frame that faulted, 0 when unknown. */
+static uintptr_t return_address(void *ctx) {
+    if (!ctx) return 0;
+    const ucontext_t *uc = ctx;
+#if defined(__x86_64__)
+    const uintptr_t *sp = (const uintptr_t *)uc->uc_mcontext.gregs[REG_RSP];
+    return sp ? *sp : 0; /* the stack is mapped: the fault was on the jump's target */
+#elif defined(__aarch64__)
+    return (uintptr_t)uc->uc_mcontext.regs[30]; /* the link register */
+#else
+    (void)uc;
+    return 0;
+#endif
+}
+
+/* Explain a fault at addr, if it lies in removed host code (entered from ret). */
+static void explain(uintptr_t addr, uintptr_t ret) {
     static char path[PATH_MAX];
     uintptr_t lowest;
     if (!find_mapping(addr, path, sizeof path, &lowest)) return;
@@ -365,6 +400,7 @@ static void explain(uintptr_t addr) {
     }
     says(" was removed by slimwheel --cpu");
     say_profile(&v);
+    say_caller(ret);
     says(ADVICE);
     if (body) munmap(body, h->body_raw);
     close_note(&v);
@@ -587,7 +623,7 @@ static void on_fault(int sig, siginfo_t *info, void *ctx) {
     int idx = sig == SIGBUS;
     if (!busy) {
         busy = 1;
-        explain((uintptr_t)info->si_addr);
+        explain((uintptr_t)info->si_addr, return_address(ctx));
     }
     /* Chain: the handler before ours, or the default action (the fault repeats). */
     struct sigaction *prev = &previous[idx];

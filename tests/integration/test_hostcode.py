@@ -169,6 +169,7 @@ def test_an_unprofiled_function_gets_the_guards_message(
     assert "libhostfx.so: fx_only_in_b (host code at 0x" in lines[0]
     assert f"removed by slimwheel --cpu (profile {digest[:12]})" in lines[0]
     assert "slimwheel profile merge" in lines[0] and "slimwheel restore" in lines[0]
+    assert ", called from driver+0x" in lines[0], "where it was entered from"
 
 
 def test_the_error_path_of_a_kept_function(recorded: tuple[Path, Path, Path]) -> None:
