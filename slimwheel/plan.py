@@ -203,25 +203,30 @@ def apply_usage(
     kernels: frozenset[str],
     variables: frozenset[str],
     symbols: Mapping[int, ModuleSymbols | None],
+    loaded: frozenset[int] = frozenset(),
 ) -> Plan:
     """Among the elements the arch selection keeps, drop those the profile never used.
 
     An element stays when one of its kernels was launched or one of its
     variables touched, or when it has managed variables (its module loads
-    eagerly). LTO-IR and sections left alone are not judged by usage.
+    eagerly), or when its region's address is in ``loaded`` (a region the
+    library's own code loaded: it checks that the load succeeds, whatever it
+    launches afterwards). LTO-IR and sections left alone are not judged by usage.
     """
     regions = []
     dropped: set[str] = set()
     kept: set[str] = set()
     for rp in plan.regions:
         decisions = []
+        whole = rp.region.vaddr in loaded
         for d in rp.decisions:
             if d.reason in (Reason.LOADED, Reason.KEEP_PTX):
                 syms = symbols.get(d.element.offset)
                 # Nothing to judge by (unknown kind; or no kernels and no
                 # variables, like nvcc's device-link stub): kept.
                 used = (
-                    syms is None
+                    whole
+                    or syms is None
                     or not (syms.kernels or syms.variables)
                     or syms.has_managed
                     or bool(kernels.intersection(syms.kernels))

@@ -70,12 +70,14 @@ class LibraryUsage:
         return frozenset(self.kernels) | frozenset(self.resolved)
 
     def digest(self) -> str:
-        """What slimming depends on: the kernels and variables used."""
-        doc = {
+        """What slimming depends on: the kernels and variables used, the regions loaded."""
+        doc: dict[str, list[str] | list[int]] = {
             "kernels": list(self.kernels),
             "resolved": list(self.resolved),
             "variables": list(self.variables),
         }
+        if self.regions:
+            doc["regions"] = list(self.regions)
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

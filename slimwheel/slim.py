@@ -7,9 +7,11 @@ renamed into place. A failed verification leaves nothing behind.
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .cubin import read_element
@@ -158,7 +160,29 @@ def make_plan(buf: Buffer, label: str, layout: FatbinLayout, policy: LibraryPoli
         if d.reason in (Reason.LOADED, Reason.KEEP_PTX)
     }
     usage = policy.usage
-    return apply_usage(plan, usage.needed_kernels, frozenset(usage.variables), symbols)
+    loaded = library_loaded(layout, usage.regions)
+    return apply_usage(plan, usage.needed_kernels, frozenset(usage.variables), symbols, loaded)
+
+
+def library_loaded(layout: FatbinLayout, recorded: Sequence[int]) -> frozenset[int]:
+    """The regions (by address) the profile saw loaded that no fatbin wrapper
+    registers with the CUDA runtime: the library's own code loaded them
+    (cuLibraryLoadData, cuModuleLoadData: cuFFT's per-size images), and it
+    fails when such a load finds no image for the GPU. A recorded address
+    inside a region (an element's payload) counts for its region."""
+    if not recorded:
+        return frozenset()
+    registered = {w.data.target for w in layout.wrappers}
+    own = sorted(
+        (r.vaddr, r.vaddr + r.total_size) for r in layout.regions if r.vaddr not in registered
+    )
+    starts = [s for s, _e in own]
+    out = set()
+    for v in recorded:
+        i = bisect.bisect_right(starts, v) - 1
+        if i >= 0 and v < own[i][1]:
+            out.add(own[i][0])
+    return frozenset(out)
 
 
 def plan_host_code(elf: ElfFile, policy: LibraryPolicy) -> HostPlan | None:

@@ -17,7 +17,9 @@ from slimwheel.cli import main
 from slimwheel.elf import ElfFile, open_elf
 from slimwheel.fatbin import Region, scan
 from slimwheel.policy import LibraryPolicy
+from slimwheel.profile import LibraryUsage
 from slimwheel.slim import slim_library, verify_pair
+from slimwheel.store import file_sha256
 from tests.helpers import cuobjdump_listing, our_listing
 
 # What the driver loads from the many_* fixture's kernel region, per GPU:
@@ -108,6 +110,42 @@ def test_compaction_and_structure(fixture_libs: dict[str, Path], tmp_path: Path,
 
 def _rodata_regions(elf: ElfFile) -> list[Region]:
     return [g for g in scan(elf).regions if g.section == ".rodata"]
+
+
+def test_a_region_the_library_loaded_keeps_its_element(
+    fixture_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    """cuFFT loads its own per-size images (cuLibraryLoadData) and fails when a load
+    finds nothing for the GPU, whether or not it launches a kernel of it: a region
+    the profile saw loaded, and no wrapper registers, keeps its element."""
+    orig = fixture_libs["per_arch"]
+    with open_elf(orig) as elf:
+        sm90 = next(g for g in _rodata_regions(elf) if g.elements[0].arch_name == "sm_90")
+    sha = file_sha256(orig)
+    kept = {}
+    for name, regions in (
+        ("unloaded", ()),
+        ("loaded", (sm90.vaddr,)),
+        ("inside", (sm90.vaddr + 40,)),
+    ):
+        usage = LibraryUsage(sha, str(orig), orig.name, regions=regions)
+        out = tmp_path / f"{name}.so"
+        r = slim_library(orig, out, LibraryPolicy(targets=parse_targets(["sm_90"]), usage=usage))
+        assert r.report.problems == []
+        with open_elf(out) as elf:
+            kept[name] = sorted(e.arch_name for g in _rodata_regions(elf) for e in g.elements)
+    assert kept == {"unloaded": [], "loaded": ["sm_90"], "inside": ["sm_90"]}
+    # The runtime's own regions (a wrapper registers them) are judged by their kernels.
+    lib = fixture_libs["usage"]
+    with open_elf(lib) as elf:
+        registered = [g.vaddr for g in scan(elf).regions]
+    usage = LibraryUsage(
+        file_sha256(lib), str(lib), lib.name, kernels=("usage_kA",), regions=tuple(registered)
+    )
+    r = slim_library(
+        lib, tmp_path / "u.so", LibraryPolicy(targets=parse_targets(["sm_90"]), usage=usage)
+    )
+    assert "usage_kB" in r.plan.unused_kernels
 
 
 def test_wrong_arch_regions_vanish_whole(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
