@@ -86,9 +86,9 @@ def slim_library(
             edit = edits_for(elf, layout, plan)
             host = plan_host_code(elf, policy)
             note = None
-            if policy.cpu and not is_executable(elf) and elf.sections:  # a section can be added
-                # With --cpu only, for now: the note in plain --profile outputs is not
-                # yet proven on a GPU.
+            profiled = policy.cpu or policy.usage is not None
+            if profiled and not is_executable(elf) and elf.sections:  # a section can be added
+                # What a profile removed, for the guard: host ranges, kernel name hashes.
                 note = make_note(host, plan.unused_kernels, policy.profile_digest)
             holes = [
                 Hole(r.offset, r.offset + (r.end - r.start), r.section, unmapped=True)

@@ -129,7 +129,7 @@ CPU_UNCOVERED = (
 #: CUDA ops the battery does not run, tried in one process.
 CUDA_UNCOVERED = """
 import torch
-x = torch.rand(1000, device="cuda")
+x = torch.rand(1000, generator=torch.Generator().manual_seed(0)).to("cuda")  # ops the battery ran
 for name in ("i1e", "bessel_j0", "erfcx", "airy_ai", "scaled_modified_bessel_k0"):
     try:
         print(name, getattr(torch.special, name)(x).sum().item(), flush=True)
@@ -236,13 +236,19 @@ def test_torch_stack_with_host_code_removed(
 def test_torch_stack_removed_kernel_is_named(
     recorded_copy: tuple[Path, Path, Path, Path], tmp_path: Path
 ) -> None:
-    """Device code only (no --cpu): a CUDA op the battery never ran; its kernel is gone."""
+    """Device code only (no --cpu): the battery gives the original's results; a CUDA op
+    it never ran fails, and the guard names the kernel the profile removed."""
     py, vsite, profile, store = recorded_copy
     out = _out(tmp_path)
     doc = load_profile(profile)
     before = _digests(vsite)
     env = ["--python", str(py), "--store", str(store)]
     _cli("slim-env", "--arch", "native", "--profile", str(profile), *env)
+    for mode in MODES:  # the note the guard reads changes no loaded byte
+        orig = run_battery(mode, None, out / f"orig_dev_{mode}.json")
+        again = run_battery(mode, None, out / f"orig2_dev_{mode}.json")
+        slim = run_battery(mode, None, out / f"slim_dev_{mode}.json", python=str(py))
+        compare(orig, again, slim, mode)
     got = _cli("doctor", "--", str(py), "-c", CUDA_UNCOVERED, ok=False)
     lines = _guard_lines(got.stderr)
     print("uncovered CUDA:", got.returncode, got.stdout, lines)
