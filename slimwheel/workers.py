@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .errors import SlimwheelError
 from .files import install_sigbus_guard
+
+
+class WorkerDied(SlimwheelError):
+    """A process of the pool ended without a result."""
 
 
 @contextlib.contextmanager
@@ -31,7 +36,15 @@ def worker_pool(
             if len(argv) <= 1:
                 return [call(fn, a) for a in argv]
             futures = [pool.submit(_call_in_worker, fn, a) for a in argv]
-            return [f.result() for f in futures]
+            try:
+                return [f.result() for f in futures]
+            except BrokenProcessPool:
+                for f in futures:
+                    f.cancel()
+                raise WorkerDied(
+                    "a worker process died (killed, or out of memory); nothing was replaced, "
+                    "what it left is cleaned by the next run"
+                ) from None
 
         yield run
 

@@ -361,7 +361,28 @@ def test_killed_slim_env_and_restore_leave_no_debris(
         assert run("restore", *common).rc == 0
         assert tree(site) == original
 
-    _kill_loop(["slim-env", "--arch", "sm_90", *common], [site, store / "tmp"], check=restored)
+    # One process: every write is the run's own (workers are killed on their own below).
+    _kill_loop(
+        ["slim-env", "--arch", "sm_90", "--jobs", "1", *common],
+        [site, store / "tmp"],
+        check=restored,
+    )
+    # A worker killed while it writes into the store: one line, nothing replaced,
+    # and the next run (which cleans what the worker left) slims everything.
+    restored()
+    common = ["--python", str(py), "--store", str(tmp_path / "store2")]
+    env = dict(os.environ, SLIMWHEEL_TEST_KILL_AT="writing", SLIMWHEEL_TEST_KILL_AFTER="1")
+    got = subprocess.run(
+        [sys.executable, "-m", "slimwheel", "slim-env", "--arch", "sm_90", "-j", "2", *common],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert got.returncode == 1 and "worker process died" in got.stderr, got.stderr
+    assert len(got.stderr.strip().splitlines()) == 1, got.stderr
+    assert tree(site) == original
+    time.sleep(1.1)
+    assert run("slim-env", "--arch", "sm_90", "-j", "2", *common).rc == 0
+    assert debris(site, tmp_path / "store2" / "tmp") == []
+    assert run("restore", *common).rc == 0 and tree(site) == original
 
     def slimmed() -> None:
         assert run("slim-env", "--arch", "sm_90", *common).rc == 0
