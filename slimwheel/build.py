@@ -131,8 +131,14 @@ def _elf_members(info: WheelInfo) -> list[zipfile.ZipInfo]:
 # -- assembling a wheel -----------------------------------------------------
 
 
-def provenance(source: dict[str, str], policy: SlimPolicy, libs: list[LibraryOutcome]) -> bytes:
-    """The provenance file's bytes; ``source`` is {"wheel" or "package": name, "sha256": ...}."""
+def provenance(
+    source: dict[str, str],
+    policy: SlimPolicy,
+    libs: list[LibraryOutcome],
+    installer: dict[str, object] | None = None,
+) -> bytes:
+    """The provenance file's bytes; ``source`` is {"wheel" or "package": name, "sha256": ...};
+    ``installer``: what installers choose the build by (conda build string, ``__cuda_arch``)."""
     doc = {
         "schema": PROVENANCE_SCHEMA,
         "schema_version": 1,
@@ -153,6 +159,8 @@ def provenance(source: dict[str, str], policy: SlimPolicy, libs: list[LibraryOut
             if lib.rewritten
         ],
     }
+    if installer is not None:
+        doc["installer"] = installer
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 

@@ -24,6 +24,7 @@ from .errors import SlimwheelError
 from .fatbin import scan
 from .layout import strippable_sections
 from .policy import LibraryPolicy, SlimPolicy
+from .serves import plan_serves, to_json
 from .slim import slim_library
 from .store import Entry, Store
 
@@ -42,6 +43,10 @@ class LibraryOutcome:
     store_path: str = ""
     built: bool = False
     note: str = ""  # a warning for the user
+    # (capabilities where no region fails that ran in the original, capabilities
+    # some region runs on), as "9.0" strings (serves.plan_serves); None: an entry
+    # made before slimwheel recorded it
+    serves: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
     @property
     def changed(self) -> bool:
@@ -109,9 +114,11 @@ def slim_through_store(
 def _builder(path: str, where: str, lib: LibraryPolicy) -> Callable[[Path], dict[str, Any]]:
     def build(dest: Path) -> dict[str, Any]:
         r = slim_library(path, dest, lib, name=where)
+        ok, covered = plan_serves(r.plan)
         return {
             "elements_before": r.plan.kept_elements + r.plan.removed_elements,
             "elements_after": r.plan.kept_elements,
+            "serves": {"ok": to_json(ok), "covered": to_json(covered)},
         }
 
     return build
@@ -134,4 +141,14 @@ def _outcome(
         store_path=str(entry.path),
         built=built,
         note=note,
+        serves=_serves(summary.get("serves")),
     )
+
+
+def _serves(doc: object) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    if not isinstance(doc, dict):
+        return None
+    ok, covered = doc.get("ok"), doc.get("covered")
+    if not isinstance(ok, list) or not isinstance(covered, list):
+        return None
+    return tuple(map(str, ok)), tuple(map(str, covered))

@@ -2,9 +2,12 @@
 
 Per package: unpack it (validated, ``condapkg.unpack``), slim every library
 with device code through the store, and pack it again: ``info/paths.json``
-updated (sha256, size) for the changed files, ``info/index.json`` unchanged
-but for a build-string suffix naming the targets (``cuda130_0`` ->
-``cuda130_0_sm90``, so a solver can tell the builds apart; optional), a
+updated (sha256, size) for the changed files, ``info/index.json`` with a
+build-string suffix naming the targets (``cuda130_0`` -> ``cuda130_0_sm90``,
+so a solver can tell the builds apart; optional), a ``__cuda_arch``
+dependency naming the GPUs the build serves (``serves.py``) and a build
+number above the original's, so that in one channel a solver installs the
+slim build on exactly those hosts and the original anywhere else; a
 provenance file ``info/slimwheel.json``. Packages without device code are
 copied through. The caller stages the output directory (``write.staged``): the
 outputs appear in ``-o`` only once all of them are built.
@@ -15,20 +18,31 @@ from __future__ import annotations
 import copy
 import json
 import os
+import posixpath
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from .arch import Target
 from .build import PROVENANCE, BuildOptions, BuildResult, provenance
 from .cached import LibraryOutcome, on_disk, slim_through_store
 from .condapkg import Member, Package, pack, unpack
-from .elf import ELF_MAGIC
+from .elf import ELF_MAGIC, ElfFile, map_file
 from .errors import InputError, SlimwheelError
+from .fatbin import scan
+from .serves import CAPABILITIES, cuda_arch_spec, from_json, package_serves, plan_serves
+from .slim import make_plan
 from .store import Store, file_sha256
 from .wheel import source_date_epoch
 from .workers import worker_pool
 from .write import atomic_output
+
+#: The conda virtual package of the host's GPUs: the lowest compute capability.
+CUDA_ARCH = "__cuda_arch"
+#: What a slim build adds to the original's build number (then one per
+#: capability it does not serve, so narrower builds rank higher).
+BUILD_NUMBER_OFFSET = 100
 
 
 def build_suffix(label: str) -> str:
@@ -88,9 +102,10 @@ def build_package(
             return BuildResult(
                 path, dest, True, size, size, installed_before, installed_before, libs
             )
+        served = _served(root, path, slim, opts)
         for member, lib in slim.items():
             _replace_file(root / member, lib.store_path)
-        members = _rewrite_info(root, pkg, slim, opts, suffix)
+        members = _rewrite_info(root, pkg, slim, opts, suffix, served)
         new_build = pkg.build + suffix
         dest = os.path.join(outdir, f"{pkg.name}-{pkg.version}-{new_build}{pkg.format}")
         pack(root, members, dest, pkg.format)
@@ -111,8 +126,43 @@ def build_package(
         )
 
 
+def _served(
+    root: Path, path: str, slim: dict[str, LibraryOutcome], opts: BuildOptions
+) -> frozenset[Target] | None:
+    """The GPUs the slim package serves (``serves.package_serves``), before its
+    libraries are replaced: a store entry made before slimwheel recorded it is
+    planned again from the original."""
+    libs = []
+    for member, lib in sorted(slim.items()):
+        where = f"{path}:{member}"
+        if lib.serves is not None:
+            libs.append((from_json(lib.serves[0], where), from_json(lib.serves[1], where)))
+            continue
+        policy = opts.policy.for_library(posixpath.basename(member), lib.sha256_before)
+        with map_file(root / member) as buf:
+            plan = make_plan(buf, where, scan(ElfFile(buf, where)), policy)
+        libs.append(plan_serves(plan))
+    served = package_serves(libs)
+    if served is not None and not served:
+        names = ", ".join(t.name for t in opts.policy.targets)
+        raise InputError(
+            f"the slim build would serve no GPU (no device code for {names})", path=path
+        )
+    return served
+
+
+def cuda_arch_depends(served: frozenset[Target]) -> str:
+    """The dependency that lets a conda solver choose the build by the host's GPUs."""
+    return f"{CUDA_ARCH} {cuda_arch_spec(served)}"
+
+
 def _rewrite_info(
-    root: Path, pkg: Package, slim: dict[str, LibraryOutcome], opts: BuildOptions, suffix: str
+    root: Path,
+    pkg: Package,
+    slim: dict[str, LibraryOutcome],
+    opts: BuildOptions,
+    suffix: str,
+    served: frozenset[Target] | None,
 ) -> list[Member]:
     """index.json, paths.json and the provenance file of the slim package."""
     changed = {
@@ -128,13 +178,31 @@ def _rewrite_info(
             entry["size_in_bytes"] = lib.bytes_after
     index = dict(pkg.index)
     index["build"] = pkg.build + suffix
+    # Above the original: a solver prefers the slim build where it may install it,
+    # the narrowest build first where several match.
+    number = index.get("build_number", 0)
+    base = number if isinstance(number, int) and not isinstance(number, bool) else 0
+    index["build_number"] = base + BUILD_NUMBER_OFFSET + len(CAPABILITIES) - len(served or ())
+    if served is not None:
+        depends = [d for d in index.get("depends") or [] if isinstance(d, str)]
+        depends = [d for d in depends if d.split(" ")[0] != CUDA_ARCH]
+        index["depends"] = sorted([*depends, cuda_arch_depends(served)])
     epoch = source_date_epoch()
     stamp = int(epoch) if epoch is not None else max(m.mtime for m in pkg.members)
     source = {"package": pkg.filename, "sha256": file_sha256(pkg.path)}
     files = {
         "info/index.json": _dump(index),
         "info/paths.json": _dump(paths),
-        f"info/{PROVENANCE}": provenance(source, opts.policy, list(slim.values())),
+        f"info/{PROVENANCE}": provenance(
+            source,
+            opts.policy,
+            list(slim.values()),
+            {
+                "conda_build": index["build"],
+                "conda_build_number": index["build_number"],
+                "cuda_arch": cuda_arch_depends(served) if served is not None else None,
+            },
+        ),
     }
     members = [m for m in pkg.members if m.path not in files]
     old = {m.path: m for m in pkg.members}

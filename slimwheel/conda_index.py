@@ -1,10 +1,20 @@
-"""A local conda channel of slim packages, one per target set.
+"""A local conda channel of slim packages: one for every GPU, or one per target set.
 
-``CHANNEL/<subdir>/`` (and ``CHANNEL/noarch/``) lists the packages without
-slimwheel provenance. ``CHANNEL/<targets>/<subdir>/`` lists the slim builds
-for that target set, plus the plain packages no slim build of the same name,
-version and subdir replaces, so ``-c file:///.../CHANNEL/sm_90`` serves a
-whole environment and never offers the fat build of a slimmed package.
+One channel (the default): ``CHANNEL/<subdir>/`` lists the originals and
+every slim build. A slim build depends on ``__cuda_arch`` (the GPUs it
+serves, ``serves.py``) and has a higher build number than its original, so a
+solver on a host whose ``__cuda_arch`` it matches installs it, and one on any
+other host (another GPU, no GPU, a client without the virtual package)
+installs the original. A slim build made before slimwheel wrote that
+dependency is refused: it would be installed everywhere.
+
+Per target set (``per_target``): ``CHANNEL/<subdir>/`` (and
+``CHANNEL/noarch/``) lists the packages without slimwheel provenance;
+``CHANNEL/<targets>/<subdir>/`` lists the slim builds for that target set,
+plus the plain packages no slim build of the same name, version and subdir
+replaces, so ``-c file:///.../CHANNEL/sm_90`` serves a whole environment and
+never offers the fat build of a slimmed package.
+
 Every channel has ``noarch/repodata.json``, as clients require. Each
 ``repodata.json`` holds a record per package: its ``info/index.json`` plus
 ``md5``, ``sha256`` and ``size``. Package files are hard links to their
@@ -18,11 +28,12 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .build import PROVENANCE
+from .conda_build import CUDA_ARCH
 from .condapkg import MAX_INFO_BYTES, CondaPackageError, package_format, read_info, stem_of
 from .files import parse_json
 from .index import Contents, FileContent, PublishError, collect, provenance_targets, write_site
@@ -37,6 +48,7 @@ class IndexedPackage:
     subdir: str
     record: dict[str, Any]  # the repodata record
     targets: str | None  # "sm_90", "sm_80-sm_90"; None: no slimwheel provenance
+    chosen_by_arch: bool = False  # the build says which hosts take it (__cuda_arch)
 
     @property
     def sha256(self) -> str:
@@ -76,17 +88,19 @@ def read_package(path: Path) -> IndexedPackage:
     if not subdir or "/" in subdir or subdir.startswith("."):
         raise CondaPackageError(f"info/index.json: bad subdir {subdir!r}", path=where)
     targets = None
+    chosen = False
     if prov_name in info:
         prov = parse_json(info[prov_name], f"{where}:{prov_name}", limit=MAX_INFO_BYTES)
         try:
             if prov["libraries"]:  # type: ignore[index]
                 targets = provenance_targets(prov["targets"], where)  # type: ignore[index]
-        except (KeyError, TypeError) as exc:
+            chosen = isinstance(prov, dict) and isinstance(prov.get("installer"), dict)
+        except (KeyError, TypeError, AttributeError) as exc:
             raise PublishError(f"unreadable {prov_name} ({exc})", path=where) from None
     md5, sha = _digests(path)
     record = dict(index)
     record.update(md5=md5, sha256=sha, size=path.stat().st_size, subdir=subdir)
-    return IndexedPackage(path, path.name, subdir, record, targets)
+    return IndexedPackage(path, path.name, subdir, record, targets, chosen)
 
 
 def collect_packages(sources: Iterable[Path]) -> list[IndexedPackage]:
@@ -105,12 +119,32 @@ def repodata(subdir: str, packages: Sequence[IndexedPackage]) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
-def channel_contents(packages: list[IndexedPackage]) -> Contents:
+def _without_cuda_arch(p: IndexedPackage) -> IndexedPackage:
+    depends = p.record.get("depends")
+    if not isinstance(depends, list):
+        return p
+    kept = [d for d in depends if not (isinstance(d, str) and d.split(" ")[0] == CUDA_ARCH)]
+    return replace(p, record={**p.record, "depends": kept})
+
+
+def channel_contents(packages: list[IndexedPackage], *, per_target: bool = False) -> Contents:
     """Every file of the channels: relative path -> bytes, or the package to link."""
     plain = [p for p in packages if p.targets is None]
     channels: dict[str, list[IndexedPackage]] = {"": plain}
-    for t in sorted({p.targets for p in packages if p.targets}):
-        slim = [p for p in packages if p.targets == t]
+    if not per_target:
+        for p in packages:
+            if p.targets is not None and not p.chosen_by_arch:
+                raise PublishError(
+                    "a slim build without a __cuda_arch dependency (made by an older "
+                    "slimwheel): every host would install it; build it again, or use "
+                    "--per-target",
+                    path=str(p.path),
+                )
+        channels[""] = list(packages)
+    for t in sorted({p.targets for p in packages if p.targets}) if per_target else ():
+        # The channel is chosen for the GPU already: its records do without __cuda_arch
+        # (a repodata patch), so clients without that virtual package install them too.
+        slim = [_without_cuda_arch(p) for p in packages if p.targets == t]
         replaced = {p.key for p in slim}
         channels[f"{t}/"] = slim + [p for p in plain if p.key not in replaced]
     out: Contents = {}
@@ -127,7 +161,7 @@ def channel_contents(packages: list[IndexedPackage]) -> Contents:
 
 
 def build_channel(
-    sources: Sequence[Path], channel: Path
+    sources: Sequence[Path], channel: Path, *, per_target: bool = False
 ) -> tuple[list[IndexedPackage], dict[str, int]]:
     packages = collect_packages(sources)
-    return packages, write_site(channel, channel_contents(packages))
+    return packages, write_site(channel, channel_contents(packages, per_target=per_target))

@@ -68,14 +68,20 @@ def plan_serves(plan: Plan) -> tuple[frozenset[Target], frozenset[Target]]:
 
 def package_serves(
     libraries: Iterable[tuple[Iterable[Target], Iterable[Target]]],
-) -> frozenset[Target]:
-    """What a package of slim libraries serves, from each library's ``plan_serves``."""
+) -> frozenset[Target] | None:
+    """What a package of slim libraries serves, from each library's ``plan_serves``;
+    None when none of them has device code (a build for every host)."""
     ok = set(CAPABILITIES)
     covered: set[Target] = set()
+    coded = False
     for lib_ok, lib_covered in libraries:
-        ok &= set(lib_ok)
-        covered |= set(lib_covered)
-    return frozenset(ok & covered)
+        lib_ok, lib_covered = set(lib_ok), set(lib_covered)
+        if not lib_covered and len(lib_ok) == len(CAPABILITIES):
+            continue  # no device code (--strip alone changed it)
+        coded = True
+        ok &= lib_ok
+        covered |= lib_covered
+    return frozenset(ok & covered) if coded else None
 
 
 def _version(t: Target) -> str:

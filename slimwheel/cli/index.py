@@ -39,8 +39,16 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--conda",
         action="store_true",
-        help="conda packages (.conda, .tar.bz2) into a channel: CHANNEL/<subdir>/ for "
-        "packages without device code, CHANNEL/<targets>/<subdir>/ per target set",
+        help="conda packages (.conda, .tar.bz2) into one channel, CHANNEL/<subdir>/, "
+        "holding the originals and every slim build (a solver picks the slim build by the "
+        "host's __cuda_arch)",
+    )
+    p.add_argument(
+        "--per-target",
+        action="store_true",
+        help="with --conda: a channel per target set instead, CHANNEL/<targets>/<subdir>/ "
+        "(the slim builds and the packages they do not replace), the originals in "
+        "CHANNEL/<subdir>/",
     )
     p.add_argument("words", nargs="+", metavar="DIR | serve SITE")
     return p
@@ -68,14 +76,17 @@ def execute(args: argparse.Namespace) -> int:
     if args.conda:
         if args.variants:
             raise UsageError("--variants is for wheels, not --conda")
-        packages, stats = build_channel(sources, Path(args.output))
-        sets = sorted({p.targets for p in packages if p.targets})
+        packages, stats = build_channel(sources, Path(args.output), per_target=args.per_target)
+        sets = sorted({p.targets for p in packages if p.targets}) if args.per_target else []
+        slim = sum(1 for p in packages if p.targets)
         print(
-            f"{args.output}: {len(packages)} conda packages; channels: ./"
+            f"{args.output}: {len(packages)} conda packages ({slim} slim builds); channels: ./"
             + "".join(f", {t}/" for t in sets)
             + f" ({stats['written']} files written, {stats['reused']} unchanged)"
         )
         return 0
+    if args.per_target:
+        raise UsageError("--per-target is for --conda channels")
     wheels, stats = build_index(sources, Path(args.output), variants=args.variants)
     targets = sorted({w.targets for w in wheels if w.targets})
     print(

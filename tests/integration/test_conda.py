@@ -98,7 +98,14 @@ def test_build_package(fixture_libs: dict[str, Path], tmp_path: Path, fmt: str) 
     slim = outs[0]
     index = _check_extracted(slim, tmp_path / "x")
     orig_index = _check_extracted(src, tmp_path / "orig")
-    assert index == {**orig_index, "build": "cuda130_0_sm90"}
+    # The GPUs it serves (9.x: a sm_90 cubin runs on 9.0 and up), and a build number
+    # above the original's (one per capability not served: the narrowest build first).
+    assert index == {
+        **orig_index,
+        "build": "cuda130_0_sm90",
+        "build_number": orig_index.get("build_number", 0) + 100 + 130 - 10,
+        "depends": sorted([*orig_index.get("depends", []), "__cuda_arch >=9.0,<10"]),
+    }
     x = tmp_path / "x"
     assert _arches(x / "lib/libfixture.so") == {"sm_90"}
     assert (x / "lib/libfixture.so").stat().st_size < lib.stat().st_size // 2
@@ -112,6 +119,11 @@ def test_build_package(fixture_libs: dict[str, Path], tmp_path: Path, fmt: str) 
     jsonschema.validate(prov, PROVENANCE_SCHEMA)
     assert prov["source"] == {"package": src.name, "sha256": hashlib.sha256(src_bytes).hexdigest()}
     assert prov["targets"] == ["sm_90"]
+    assert prov["installer"] == {
+        "conda_build": "cuda130_0_sm90",
+        "conda_build_number": index["build_number"],
+        "cuda_arch": "__cuda_arch >=9.0,<10",
+    }
     (entry,) = prov["libraries"]  # the hard-linked pair is one library, slimmed once
     assert entry["path"] in ("lib/libfixture.so", "lib/libfixture-hl.so")
     # py-rattler reads the archive as well
@@ -318,18 +330,19 @@ def test_channel_install_and_slim_env(fixture_libs: dict[str, Path], tmp_path: P
         "fixture-cuda-1.0-cuda130_0_sm90.conda",
     ]
     channel = tmp_path / "channel"
-    r = _cli("index", "--conda", str(pkgs), str(dist), "-o", str(channel))
+    r = _cli("index", "--conda", "--per-target", str(pkgs), str(dist), "-o", str(channel))
     assert r.returncode == 0, r.stderr
     sm90 = json.loads((channel / "sm_90/linux-64/repodata.json").read_text())
     assert sorted(sm90["packages.conda"]) == ["fixture-cuda-1.0-cuda130_0_sm90.conda"]
     assert sorted(sm90["packages"]) == ["curand-10.4.0.35-h0_0_sm90.tar.bz2"]
     record = sm90["packages.conda"]["fixture-cuda-1.0-cuda130_0_sm90.conda"]
+    assert record["depends"] == [], "a per-target channel's records do without __cuda_arch"
     assert record["sha256"] == file_sha256(dist / "fixture-cuda-1.0-cuda130_0_sm90.conda")
     noarch = json.loads((channel / "sm_90/noarch/repodata.json").read_text())
     assert sorted(noarch["packages.conda"]) == ["docs-1.0-0.conda"]
     plain = json.loads((channel / "linux-64/repodata.json").read_text())
     assert sorted(plain["packages.conda"]) == ["fixture-cuda-1.0-cuda130_0.conda"]
-    again = _cli("index", "--conda", str(pkgs), str(dist), "-o", str(channel))
+    again = _cli("index", "--conda", "--per-target", str(pkgs), str(dist), "-o", str(channel))
     assert again.returncode == 0 and "0 files written" in again.stdout
 
     # Installing from the sm_90 channel gets the slim builds.
@@ -365,3 +378,127 @@ def test_channel_install_and_slim_env(fixture_libs: dict[str, Path], tmp_path: P
     assert _cli("restore", *args).returncode == 0
     assert _records_true(prefix) >= 3
     assert _snapshot(prefix) == before
+
+
+def _virtual(cuda_arch: str | None) -> list[object]:
+    """The host's virtual packages as far as this test cares: ``__cuda_arch`` (its
+    lowest device's compute capability, the device model as build string) or none."""
+    if cuda_arch is None:
+        return []
+    return [
+        rattler.GenericVirtualPackage(
+            rattler.PackageName("__cuda_arch"),
+            rattler.Version(cuda_arch),
+            rattler.BuildString("NVIDIA_H200"),
+        )
+    ]
+
+
+def _solve(channel: Path, spec: str, cuda_arch: str | None) -> list[str]:
+    """What py-rattler picks on a host whose __cuda_arch is ``cuda_arch`` (None: no GPU,
+    or a client without the virtual package)."""
+    virtual = _virtual(cuda_arch)
+
+    async def go() -> list[str]:
+        records = await rattler.solve(
+            [rattler.Channel(channel.as_uri())],
+            [spec],
+            platforms=["linux-64", "noarch"],
+            virtual_packages=virtual,
+        )
+        return sorted(r.file_name for r in records)
+
+    return asyncio.run(go())
+
+
+def test_one_channel_picks_the_build_by_cuda_arch(tmp_path: Path) -> None:
+    """One channel of the original and its slim builds: the solver picks by __cuda_arch."""
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    curand = extract_member(local_wheel("nvidia-curand==10.4.0.35"), "libcurand.so.10", tmp_path)
+    make_package(pkgs, "curand", {"lib/libcurand.so.10": curand}, version="10.4.0.35", build="h0_0")
+    make_package(pkgs, "docs", {"share/docs/a.txt": b"plain\n"}, subdir="noarch")
+    store = str(tmp_path / "store")
+    dist = tmp_path / "dist"
+    for arch in ("sm_90", "sm_80,sm_86"):
+        r = _cli("build", str(pkgs / "curand-10.4.0.35-h0_0.conda"), "--arch", arch,
+                 "-o", str(dist), "--store", store, "-q")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    channel = tmp_path / "channel"
+    r = _cli("index", "--conda", str(pkgs), str(dist), "-o", str(channel))
+    assert r.returncode == 0, r.stderr
+    assert "3 slim builds" not in r.stdout and "2 slim builds" in r.stdout, r.stdout
+    records = json.loads((channel / "linux-64/repodata.json").read_text())["packages.conda"]
+    assert sorted(records) == [
+        "curand-10.4.0.35-h0_0.conda",
+        "curand-10.4.0.35-h0_0_sm80_sm86.conda",
+        "curand-10.4.0.35-h0_0_sm90.conda",
+    ]
+    assert records["curand-10.4.0.35-h0_0_sm90.conda"]["depends"] == ["__cuda_arch >=9.0,<10"]
+    assert records["curand-10.4.0.35-h0_0_sm80_sm86.conda"]["depends"] == ["__cuda_arch >=8.0,<9"]
+    assert (
+        "depends" not in records["curand-10.4.0.35-h0_0.conda"]
+        or not records["curand-10.4.0.35-h0_0.conda"]["depends"]
+    )
+    picks = {
+        "9.0": "curand-10.4.0.35-h0_0_sm90.conda",
+        "8.6": "curand-10.4.0.35-h0_0_sm80_sm86.conda",
+        "8.0": "curand-10.4.0.35-h0_0_sm80_sm86.conda",
+        "8.9": "curand-10.4.0.35-h0_0_sm80_sm86.conda",
+        "7.5": "curand-10.4.0.35-h0_0.conda",  # no sm_75 build: the original
+        "12.0": "curand-10.4.0.35-h0_0.conda",
+        None: "curand-10.4.0.35-h0_0.conda",  # no GPU, or no virtual package
+    }
+    for cuda_arch, want in picks.items():
+        assert _solve(channel, "curand", cuda_arch) == [want], cuda_arch
+
+    # Installed on a 9.0 host: the sm_90 build's library; on a host without a GPU: the original.
+    cache = tmp_path / "rattler-cache"
+    for cuda_arch, prefix in (("9.0", tmp_path / "h200"), (None, tmp_path / "cpu")):
+        virtual = _virtual(cuda_arch)
+
+        async def install(virtual: list[object] = virtual, prefix: Path = prefix) -> str:
+            got = await rattler.solve(
+                [rattler.Channel(channel.as_uri())], ["curand"],
+                platforms=["linux-64", "noarch"], virtual_packages=virtual,
+            )  # fmt: skip
+            await rattler.install(got, prefix, cache_dir=cache, show_progress=False)
+            return got[0].file_name
+
+        name = asyncio.run(install())
+        source = (dist if "_sm" in name else pkgs) / name
+        built = rattler.PathsJson.from_package_archive(source)
+        want = next(e for e in built.paths if str(e.relative_path) == "lib/libcurand.so.10")
+        assert want.sha256.hex() == file_sha256(prefix / "lib/libcurand.so.10"), name
+    assert file_sha256(tmp_path / "cpu/lib/libcurand.so.10") == file_sha256(curand)
+    assert _arches(tmp_path / "h200/lib/libcurand.so.10") <= {"sm_90", "compute_90"}
+
+    # A slim build that does not say which hosts take it (an older slimwheel) is refused:
+    # every host would install it.
+    old = tmp_path / "old"
+    old.mkdir()
+    r = _cli("build", str(pkgs / "curand-10.4.0.35-h0_0.conda"), "--arch", "sm_90",
+             "-o", str(old), "--store", store, "-q")  # fmt: skip
+    (built_old,) = old.iterdir()
+    _strip_installer(built_old)
+    r = _cli("index", "--conda", str(pkgs), str(old), "-o", str(tmp_path / "refused"))
+    assert r.returncode != 0 and "__cuda_arch" in r.stderr and built_old.name in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "refused").exists()
+    ok = _cli("index", "--conda", "--per-target", str(pkgs), str(old), "-o", str(tmp_path / "pt"))
+    assert ok.returncode == 0, ok.stderr
+
+
+def _strip_installer(pkg: Path) -> None:
+    """Rewrite a .conda package as an older slimwheel wrote it: no installer part."""
+    work = pkg.parent / "x"
+    cph.extract(str(pkg), str(work))
+    prov_path = work / "info/slimwheel.json"
+    prov = json.loads(prov_path.read_text())
+    del prov["installer"]
+    prov_path.write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
+    pkg.unlink()
+    cph.create(str(work), None, pkg.name, out_folder=str(pkg.parent))
+    import shutil
+
+    shutil.rmtree(work)
