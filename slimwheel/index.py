@@ -355,7 +355,13 @@ def build_index(
 
 # -- wheel variants (experimental) ------------------------------------------------
 
-VARIANT_SCHEMA = "https://variants-schema.wheelnext.dev/v0.0.2.json"
+#: The draft followed: variantlib 0.2.x's variants.json schema (PEP 817, split into
+#: PEP 825 and later drafts), and NVIDIA's provider (wheelnext/nvidia-variant-provider).
+VARIANT_SCHEMA = "https://variants-schema.wheelnext.dev/v0.2.0.json"
+NVIDIA_PROVIDER = {
+    "requires": ["nvidia-variant-provider>=0.0.1,<1.0.0"],
+    "plugin-api": "nvidia_variant_provider.plugin:NvidiaVariantPlugin",
+}
 
 
 def variant_label(targets: str) -> str:
@@ -373,7 +379,7 @@ def _variant_doc(variants: dict[str, dict[str, dict[str, list[str]]]]) -> dict[s
     return {
         "$schema": VARIANT_SCHEMA,
         "default-priorities": {"namespace": ["nvidia"]},
-        "providers": {"nvidia": {"requires": ["nvidia-variant-provider"], "optional": False}},
+        "providers": {"nvidia": NVIDIA_PROVIDER},
         "variants": variants,
     }
 

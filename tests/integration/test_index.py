@@ -295,3 +295,81 @@ def test_variant_wheels_follow_source_date_epoch(
     again = tmp_path / "again"
     assert main(["index", *sources, "-o", str(again), "--variants"]) == 0
     assert (again / wheel.relative_to(site)).read_bytes() == first
+
+
+def test_variantlib_validates_every_variant_file(
+    fixture_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    """variantlib, the reference implementation of the wheel variant drafts, reads and
+    validates every variant wheel name, variant.json and -variants.json the index writes."""
+    import importlib.util
+    import zipfile
+
+    pytest.importorskip("variantlib")
+    from variantlib.constants import VALIDATION_WHEEL_NAME_REGEX, VARIANT_INFO_SCHEMA_URL
+    from variantlib.errors import ValidationError
+    from variantlib.validators.base import ValidationError as SchemaError
+    from variantlib.variant_dist_info import VariantDistInfo
+    from variantlib.variants_json import VariantsJson
+
+    site = _site(tmp_path, fixture_libs)
+    sources = [str(tmp_path / "sm_80"), str(tmp_path / "sm_90")]
+    assert main(["index", *sources, "-o", str(site), "--variants"]) == 0
+    files = sorted((site / "variants/files").iterdir())
+    wheels = [f for f in files if f.suffix == ".whl"]
+    (listing,) = [f for f in files if f.name.endswith("-variants.json")]
+    assert len(wheels) == 2
+    doc = json.loads(listing.read_text())
+    assert doc["$schema"] == VARIANT_INFO_SCHEMA_URL, "the schema variantlib writes"
+    index = VariantsJson(doc)  # raises ValidationError on anything it rejects
+    seen = set()
+    for wheel in wheels:
+        m = VALIDATION_WHEEL_NAME_REGEX.fullmatch(wheel.name)
+        assert m is not None and m.group("variant_label"), wheel.name
+        label = m.group("variant_label")
+        with zipfile.ZipFile(wheel) as zf:
+            info = VariantDistInfo(
+                zf.read(f"{m.group('namever')}.dist-info/variant.json"), expected_label=label
+            )
+        assert index.variants[label] == info.variant_desc, "the listing and the wheel agree"
+        VariantsJson(doc).merge(info)  # as an index tool adds a wheel: consistent
+        seen.add((label, tuple(p.to_str() for p in info.variant_desc.properties)))
+    assert seen == {
+        ("sm80", ("nvidia :: sm_arch :: 80_real",)),
+        ("sm90", ("nvidia :: sm_arch :: 90_real",)),
+    }
+    # The validator is real: a label or value outside the grammar is refused.
+    with pytest.raises((ValidationError, SchemaError)):
+        VariantsJson({**doc, "variants": {"SM90": doc["variants"]["sm90"]}})
+    with pytest.raises((ValidationError, SchemaError)):
+        VariantsJson({**doc, "variants": {"sm90": {"nvidia": {"sm_arch": ["90 real"]}}}})
+
+    # With NVIDIA's provider plugin installed (not on PyPI: wheelnext/nvidia-variant-provider),
+    # variantlib ranks the variants as an installer would, for a forced GPU.
+    if importlib.util.find_spec("nvidia_variant_provider") is None or (
+        importlib.util.find_spec("nvidia_variant_provider.plugin") is None
+    ):
+        return
+    # ("null": the wheel without a variant label, every installer's fallback.) One process
+    # per GPU: the provider caches what it detected.
+    rank = (
+        "import json, sys; from variantlib.api import get_variants_by_priority; "
+        "doc = json.load(open(sys.argv[1])); "
+        "print(json.dumps([v.label for v in get_variants_by_priority(variants_json=doc)]))"
+    )
+    for gpu, want in (
+        ("9.0", ["sm90", "null"]),
+        ("8.6", ["sm80", "null"]),
+        ("8.0", ["sm80", "null"]),
+        ("7.5", ["null"]),
+    ):
+        env = dict(
+            os.environ,
+            NV_VARIANT_PROVIDER_FORCE_CUDA_DRIVER_VERSION="13.0",
+            NV_VARIANT_PROVIDER_FORCE_SM_ARCH=gpu,
+        )
+        got = subprocess.run(
+            [sys.executable, "-c", rank, str(listing)], env=env, capture_output=True, text=True
+        )
+        assert got.returncode == 0, got.stderr[-2000:]
+        assert json.loads(got.stdout.strip().splitlines()[-1]) == want, gpu
