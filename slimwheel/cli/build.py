@@ -16,7 +16,19 @@ from ..conda_build import build_packages, build_suffix
 from ..condapkg import package_format
 from ..errors import UsageError
 from ..index import build_index
-from ..write import staged
+from ..lock import (
+    Lock,
+    Pin,
+    built_wheel,
+    check_wheel,
+    download_requirements,
+    fetch_pylock,
+    is_pylock,
+    pylock_text,
+    read_lock,
+    requirements_text,
+)
+from ..write import atomic_output, staged
 from .options import (
     add_jobs_option,
     add_output_options,
@@ -52,7 +64,15 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="requirements file for pip download (repeatable)",
+        help="requirements file for pip download (repeatable); a lock (every requirement "
+        "==-pinned with --hash, or a pylock.toml) has every file checked against its pins, "
+        "and the slim environment's requirements.txt and pylock.toml written beside the wheels",
+    )
+    p.add_argument(
+        "--lock-base-url",
+        metavar="URL",
+        help="with a lock: the written pylock.toml names each wheel at URL/<file> (where -o "
+        "or the --publish site's files/ is served) instead of beside the lock",
     )
     add_policy_options(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="where the wheels go")
@@ -103,8 +123,6 @@ def _pip_args(args: argparse.Namespace) -> list[str]:
         out += ["--platform", plat]
     if args.python_version:
         out += ["--python-version", args.python_version]
-    for r in args.requirement:
-        out += ["-r", r]
     return out
 
 
@@ -135,10 +153,31 @@ def execute(args: argparse.Namespace) -> int:
             (packages if package_format(item) else wheels).append(item)
         else:
             requirements.append(item)
+    locks = {r: read_lock(r) for r in args.requirement}
+    plain_files = [r for r, lock in locks.items() if lock is None]
+    pinned: dict[str, Pin] = {}  # wheel path -> the pin it satisfies
     results: list[BuildResult] = []
     with tempfile.TemporaryDirectory(prefix="slimwheel-download-") as tmp:
-        if requirements or args.requirement:
-            wheels += download(requirements, tmp, deps=args.deps, pip_args=_pip_args(args))
+        if requirements or plain_files:
+            pip_args = _pip_args(args) + [a for r in plain_files for a in ("-r", r)]
+            wheels += download(requirements, tmp, deps=args.deps, pip_args=pip_args)
+        for n, (source, lock) in enumerate(locks.items()):
+            if lock is None:
+                continue
+            where = os.path.join(tmp, f"lock-{n}")
+            os.mkdir(where)
+            if is_pylock(source):
+                got = fetch_pylock(lock, where)
+            else:
+                got = download(
+                    download_requirements(lock),
+                    where,
+                    deps=False,
+                    pip_args=_pip_args(args) + lock.pip_options,
+                )
+            for w in got:
+                pinned[w] = check_wheel(lock, w)
+            wheels += got
         if not wheels and not packages:
             raise UsageError("no wheels or conda packages found in the inputs")
         # Every output appears in -o together, or none does.
@@ -151,6 +190,8 @@ def execute(args: argparse.Namespace) -> int:
             if wheels:
                 with wheel_progress(enabled=not args.quiet) as progress:
                     results += build_wheels(wheels, str(staging), opts, store, progress=progress)
+            if pinned:
+                _write_locks(args, results, pinned, locks, staging)
         for r in results:
             r.output = os.path.join(args.output, os.path.basename(r.output))
     for note in sorted({lib.note for r in results for lib in r.libraries if lib.note}):
@@ -165,6 +206,31 @@ def execute(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print_table(results)
     return 0
+
+
+def _write_locks(
+    args: argparse.Namespace,
+    results: list[BuildResult],
+    pinned: dict[str, Pin],
+    locks: dict[str, Lock | None],
+    staging: Path,
+) -> None:
+    """requirements.txt and pylock.toml of the slim environment, beside its wheels."""
+    built = [built_wheel(pinned[r.source], r.output) for r in results if r.source in pinned]
+    where = str(Path(args.output) / "pylock.toml")
+    requires = {lock.requires_python for lock in locks.values() if lock and lock.requires_python}
+    texts = {
+        "requirements.txt": requirements_text(built, where),
+        "pylock.toml": pylock_text(
+            built,
+            where,
+            base_url=args.lock_base_url,
+            requires_python=requires.pop() if len(requires) == 1 else None,
+        ),
+    }
+    for name, text in texts.items():
+        with atomic_output(staging / name, mode=0o644) as out:
+            out.write(text.encode())
 
 
 def results_document(results: list[BuildResult], opts: BuildOptions) -> dict[str, Any]:

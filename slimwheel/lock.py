@@ -1,0 +1,411 @@
+"""Lock files in and out: hash-pinned requirements files and ``pylock.toml`` (PEP 751).
+
+In: a requirements file whose requirements carry ``--hash`` pins (pip's
+hash-checking format) or a ``pylock.toml``. Every requirement must be pinned
+to one version (``name==version``); every file fetched for it must have one
+of its pinned hashes, or the build is refused with one line naming the
+package. A ``pylock.toml`` names its wheels (``path`` relative to the lock,
+or ``url``); sdists, directories and VCS sources are refused: slimwheel
+builds nothing from source.
+
+Out, beside the slim wheels: ``requirements.txt`` (``name==version
+--hash=sha256:...`` for every wheel built, markers kept) for ``pip install
+--require-hashes -r``, and ``pylock.toml`` naming the same wheels (``path``
+beside the lock, or ``url`` under a base URL) for ``uv pip sync``. Same
+inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import tomllib
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import (
+    InvalidWheelFilename,
+    NormalizedName,
+    canonicalize_name,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from .errors import InputError
+from .files import open_regular
+
+#: The most bytes of a lock file read, and of pins taken from one.
+MAX_LOCK_BYTES = 16 << 20
+MAX_PINS = 100_000
+#: The most bytes fetched for one wheel a pylock.toml names by URL without a size.
+MAX_WHEEL_BYTES = 16 << 30
+_ALGORITHMS = ("sha256", "sha384", "sha512")
+_HASH = re.compile(r"--hash[= ](sha256|sha384|sha512):([0-9a-fA-F]+)")
+
+
+class LockError(InputError):
+    """A lock file that cannot be used, or a file that does not match it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LockedWheel:
+    """A wheel a pylock.toml names: where to get it and what it must hash to."""
+
+    filename: str
+    location: str  # an absolute path, or an http(s) URL
+    hashes: tuple[tuple[str, str], ...]  # (algorithm, hex digest)
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    name: NormalizedName
+    version: str
+    hashes: frozenset[tuple[str, str]]  # (algorithm, hex digest), any one will do
+    marker: str | None = None
+    wheels: tuple[LockedWheel, ...] = ()  # pylock.toml: the files themselves
+
+
+@dataclass(slots=True)
+class Lock:
+    """What a lock file pins, and the pip options a requirements file carries."""
+
+    path: str
+    pins: dict[NormalizedName, Pin] = field(default_factory=dict)
+    pip_options: list[str] = field(default_factory=list)
+    requires_python: str | None = None
+
+    def fail(self, message: str) -> LockError:
+        return LockError(message, path=self.path)
+
+
+def _read_text(path: str) -> str:
+    with open_regular(path) as f:
+        data = f.read(MAX_LOCK_BYTES + 1)
+    if len(data) > MAX_LOCK_BYTES:
+        raise LockError(f"larger than {MAX_LOCK_BYTES} bytes", path=path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LockError("not UTF-8 text", path=path) from None
+
+
+def is_pylock(path: str) -> bool:
+    name = os.path.basename(path)
+    return name == "pylock.toml" or bool(re.fullmatch(r"pylock\.[^.]+\.toml", name))
+
+
+def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
+    """Lines as pip joins them: backslash continuations, comments removed."""
+    buf, start = "", 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = re.sub(r"(^|\s)#.*$", "", raw)
+        if not buf:
+            start = n
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        if buf.strip():
+            yield start, buf.strip()
+        buf = ""
+    if buf.strip():
+        yield start, buf.strip()
+
+
+def read_requirements(path: str) -> Lock | None:
+    """The pins of a requirements file, or None when it has no ``--hash`` (not a lock)."""
+    text = _read_text(path)
+    if "--hash" not in text:
+        return None
+    lock = Lock(path)
+    for n, line in _logical_lines(text):
+        if line.startswith("-"):
+            words = shlex.split(line)
+            if words[0] in ("-r", "--requirement", "-c", "--constraint", "-e", "--editable"):
+                raise lock.fail(f"line {n}: {words[0]} in a lock file: give one complete lock")
+            lock.pip_options += words
+            continue
+        hashes = frozenset((a, h.lower()) for a, h in _HASH.findall(line))
+        spec = _HASH.sub("", line).strip()
+        try:
+            req = Requirement(spec)
+        except InvalidRequirement as exc:
+            raise lock.fail(f"line {n}: {exc}") from None
+        versions = [s.version for s in req.specifier if s.operator in ("==", "===")]
+        if len(req.specifier) != 1 or not versions or "*" in versions[0] or req.url:
+            raise lock.fail(f"line {n}: {req.name} is not pinned to one version (name==version)")
+        if not hashes:
+            raise lock.fail(f"line {n}: {req.name} has no --hash (a lock pins every file)")
+        _add(lock, Pin(canonicalize_name(req.name), versions[0], hashes, _marker(req)), n)
+    return lock
+
+
+def _marker(req: Requirement) -> str | None:
+    return str(req.marker) if req.marker is not None else None
+
+
+def _add(lock: Lock, pin: Pin, where: object) -> None:
+    if pin.name in lock.pins:
+        raise lock.fail(f"{where}: {pin.name} is pinned twice")
+    if len(lock.pins) >= MAX_PINS:
+        raise lock.fail(f"more than {MAX_PINS} packages")
+    lock.pins[pin.name] = pin
+
+
+def read_pylock(path: str) -> Lock:
+    """The packages and wheels of a PEP 751 lock file."""
+    lock = Lock(path)
+    try:
+        doc = tomllib.loads(_read_text(path))
+    except tomllib.TOMLDecodeError as exc:
+        raise lock.fail(f"not TOML ({exc})") from None
+    version = doc.get("lock-version")
+    if not isinstance(version, str) or not version.startswith("1."):
+        raise lock.fail(f"lock-version {version!r}: only 1.x is read")
+    rp = doc.get("requires-python")
+    lock.requires_python = rp if isinstance(rp, str) else None
+    packages = doc.get("packages")
+    if not isinstance(packages, list):
+        raise lock.fail("no [[packages]]")
+    base = os.path.dirname(os.path.abspath(path))
+    for i, pkg in enumerate(packages):
+        where = f"packages[{i}]"
+        if not isinstance(pkg, dict) or not isinstance(pkg.get("name"), str):
+            raise lock.fail(f"{where}: no name")
+        name = canonicalize_name(pkg["name"])
+        ver = pkg.get("version")
+        if not isinstance(ver, str) or not ver:
+            raise lock.fail(f"{where}: {name} has no version")
+        for kind in ("sdist", "directory", "vcs", "archive"):
+            if kind in pkg and "wheels" not in pkg:
+                raise lock.fail(f"{where}: {name} comes from a {kind}: slimwheel needs wheels")
+        wheels = pkg.get("wheels")
+        if not isinstance(wheels, list) or not wheels:
+            raise lock.fail(f"{where}: {name} lists no wheels")
+        files = tuple(
+            _locked_wheel(lock, base, f"{where}.wheels[{j}]", w) for j, w in enumerate(wheels)
+        )
+        marker = pkg.get("marker")
+        hashes = frozenset(h for w in files for h in w.hashes)
+        pin = Pin(name, ver, hashes, marker if isinstance(marker, str) else None, files)
+        _add(lock, pin, where)
+    return lock
+
+
+def _locked_wheel(lock: Lock, base: str, where: str, w: object) -> LockedWheel:
+    if not isinstance(w, dict):
+        raise lock.fail(f"{where}: not a table")
+    hashes = w.get("hashes")
+    if not isinstance(hashes, dict) or not hashes:
+        raise lock.fail(f"{where}: no hashes")
+    pairs = tuple(
+        sorted(
+            (str(a), str(h).lower())
+            for a, h in hashes.items()
+            if a in _ALGORITHMS and isinstance(h, str) and re.fullmatch(r"[0-9a-fA-F]+", h)
+        )
+    )
+    if not pairs:
+        raise lock.fail(f"{where}: no sha256, sha384 or sha512 hash")
+    url, rel = w.get("url"), w.get("path")
+    if isinstance(rel, str):
+        location = os.path.normpath(os.path.join(base, rel))
+    elif isinstance(url, str):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "file":
+            location = urllib.request.url2pathname(parts.path)
+        elif parts.scheme in ("http", "https"):
+            location = url
+        else:
+            raise lock.fail(f"{where}: url scheme {parts.scheme!r} is not fetched")
+    else:
+        raise lock.fail(f"{where}: neither path nor url")
+    filename = w.get("name")
+    if not isinstance(filename, str):
+        filename = os.path.basename(urllib.parse.urlsplit(location).path)
+    if "/" in filename or not filename.endswith(".whl"):
+        raise lock.fail(f"{where}: {filename!r} is not a wheel file name")
+    size = w.get("size")
+    return LockedWheel(filename, location, pairs, size if isinstance(size, int) else None)
+
+
+def read_lock(path: str) -> Lock | None:
+    """A pylock.toml, or a requirements file with hash pins; None for a plain one."""
+    return read_pylock(path) if is_pylock(path) else read_requirements(path)
+
+
+# -- fetching and checking --------------------------------------------------------
+
+
+def _digests(path: str, algorithms: Iterable[str]) -> dict[str, str]:
+    hs = {a: hashlib.new(a) for a in set(algorithms)}
+    with open_regular(path) as f:
+        while chunk := f.read(1 << 20):
+            for h in hs.values():
+                h.update(chunk)
+    return {a: h.hexdigest() for a, h in hs.items()}
+
+
+def check_wheel(lock: Lock, wheel: str) -> Pin:
+    """The pin ``wheel`` satisfies; a wheel the lock does not pin, or whose bytes
+    match none of its pinned hashes, is refused with one line naming the package."""
+    name = os.path.basename(wheel)
+    try:
+        dist, version, _build, _tags = parse_wheel_filename(name)
+    except InvalidWheelFilename as exc:
+        raise lock.fail(f"{name}: {exc}") from None
+    pin = lock.pins.get(dist)
+    if pin is None:
+        raise lock.fail(f"{dist} {version}: fetched ({name}) but not in the lock")
+    if str(version) != pin.version and version != _version(pin.version):
+        raise lock.fail(f"{dist}: fetched version {version}, the lock pins {pin.version}")
+    got = _digests(wheel, (a for a, _h in pin.hashes))
+    if not any(got[a] == h for a, h in pin.hashes):
+        raise lock.fail(
+            f"{dist} {pin.version}: {name} has sha256 {_digests(wheel, ['sha256'])['sha256']}, "
+            "which the lock does not pin (tampered, or another build)"
+        )
+    return pin
+
+
+def _version(text: str) -> Version | str:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return text
+
+
+def download_requirements(lock: Lock) -> list[str]:
+    """What pip downloads for a requirements lock: one ``name==version`` per pin that
+    applies here (its marker), without dependencies (a lock is complete)."""
+    out = []
+    for pin in sorted(lock.pins.values(), key=lambda p: p.name):
+        spec = f"{pin.name}=={pin.version}"
+        if pin.marker:
+            spec += f"; {pin.marker}"
+        out.append(spec)
+    return out
+
+
+def fetch_pylock(lock: Lock, dest: str) -> list[str]:
+    """Every wheel of a pylock.toml, checked: local files as they are, URLs into ``dest``."""
+    out = []
+    for pin in sorted(lock.pins.values(), key=lambda p: p.name):
+        for w in pin.wheels:
+            if w.location.startswith(("http://", "https://")):
+                path = os.path.join(dest, w.filename)
+                _fetch_url(lock, w, path)
+            else:
+                path = w.location
+                if os.path.basename(path) != w.filename:
+                    raise lock.fail(f"{pin.name}: {path} is not named {w.filename}")
+            got = _digests(path, (a for a, _h in w.hashes))
+            if not all(got[a] == h for a, h in w.hashes):
+                raise lock.fail(
+                    f"{pin.name} {pin.version}: {w.filename} does not have the hash the "
+                    "lock pins (tampered, or another build)"
+                )
+            out.append(path)
+    return out
+
+
+def _fetch_url(lock: Lock, w: LockedWheel, path: str) -> None:
+    limit = w.size if w.size is not None else MAX_WHEEL_BYTES
+    try:
+        with urllib.request.urlopen(w.location, timeout=60) as resp, open(path, "wb") as out:
+            copied = 0
+            while chunk := resp.read(1 << 20):
+                copied += len(chunk)
+                if copied > limit:
+                    raise lock.fail(f"{w.filename}: more than {limit} bytes at {w.location}")
+                out.write(chunk)
+    except OSError as exc:
+        raise lock.fail(f"{w.filename}: cannot fetch {w.location} ({exc})") from None
+
+
+# -- writing ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltWheel:
+    """A wheel of the slim environment, for the lock files written beside it."""
+
+    pin: Pin
+    path: str
+    version: str
+    sha256: str
+    size: int
+
+
+def built_wheel(pin: Pin, path: str) -> BuiltWheel:
+    _dist, version, _b, _t = parse_wheel_filename(os.path.basename(path))
+    sha = _digests(path, ["sha256"])["sha256"]
+    return BuiltWheel(pin, path, str(version), sha, os.path.getsize(path))
+
+
+def _by_package(wheels: Sequence[BuiltWheel], where: str) -> list[tuple[Pin, list[BuiltWheel]]]:
+    groups: dict[str, list[BuiltWheel]] = {}
+    for w in wheels:
+        groups.setdefault(w.pin.name, []).append(w)
+    out = []
+    for name in sorted(groups):
+        ws = sorted(groups[name], key=lambda w: os.path.basename(w.path))
+        if len({w.version for w in ws}) != 1:
+            versions = ", ".join(sorted({w.version for w in ws}))
+            raise LockError(f"{name}: its wheels came out with versions {versions}", path=where)
+        out.append((ws[0].pin, ws))
+    return out
+
+
+def requirements_text(wheels: Sequence[BuiltWheel], where: str) -> str:
+    lines = ["# slim environment, written by slimwheel build: pip install --require-hashes -r"]
+    for pin, ws in _by_package(wheels, where):
+        spec = f"{pin.name}=={ws[0].version}"
+        if pin.marker:
+            spec += f" ; {pin.marker}"
+        hashes = " ".join(f"--hash=sha256:{w.sha256}" for w in ws)
+        lines.append(f"{spec} \\\n    {hashes}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(s: str) -> str:
+    return json.dumps(s, ensure_ascii=True)  # a TOML basic string
+
+
+def pylock_text(
+    wheels: Sequence[BuiltWheel],
+    where: str,
+    *,
+    base_url: str | None = None,
+    requires_python: str | None = None,
+) -> str:
+    """A PEP 751 lock naming the slim wheels: ``path`` beside the lock file, or ``url``
+    under ``base_url`` (where they are served)."""
+    out = ['lock-version = "1.0"', 'created-by = "slimwheel"']
+    if requires_python:
+        out.append(f"requires-python = {_toml(requires_python)}")
+    for pin, ws in _by_package(wheels, where):
+        out += [
+            "",
+            "[[packages]]",
+            f"name = {_toml(pin.name)}",
+            f"version = {_toml(ws[0].version)}",
+        ]
+        if pin.marker:
+            out.append(f"marker = {_toml(pin.marker)}")
+        for w in ws:
+            fname = os.path.basename(w.path)
+            out += ["", "[[packages.wheels]]", f"name = {_toml(fname)}"]
+            if base_url:
+                out.append(f"url = {_toml(base_url.rstrip('/') + '/' + urllib.parse.quote(fname))}")
+            else:
+                out.append(f"path = {_toml('./' + fname)}")
+            out += [f"size = {w.size}", f"hashes = {{ sha256 = {_toml(w.sha256)} }}"]
+    return "\n".join(out) + "\n"
