@@ -17,7 +17,7 @@ from .fatbin import Element
 from .inventory import LibraryScan
 
 SCHEMA_NAME = "slimwheel.inspect"
-SCHEMA_VERSION = 3  # 2: bare cubins and --strip bytes; 3: host code (--cpu)
+SCHEMA_VERSION = 4  # 2: bare cubins and --strip bytes; 3: host code (--cpu); 4: builds
 
 Doc = dict[str, Any]
 

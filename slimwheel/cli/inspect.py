@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..identity import describe, identities
 from ..inventory import LibraryScan, scan_library
 from ..report import Doc, inspect_document
 from ..sources import LibrarySource, find_libraries
@@ -77,6 +78,9 @@ def execute(args: argparse.Namespace) -> int:
         keep_ptx=args.keep_ptx,
         elements=args.elements or args.kernels,
     )
+    builds = [i for t in args.targets for i in identities(t)]
+    if builds:
+        doc["builds"] = [b.to_json() for b in builds]
     if args.json:
         json.dump(doc, sys.stdout, indent=1, sort_keys=False)
         sys.stdout.write("\n")
@@ -140,6 +144,8 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
             row += [human(rem), _pct(rem, lib["file_bytes"])]
         table.add_row(*row)
     console.print(table)
+    for b in doc.get("builds", ()):
+        console.print(f"installers see {describe(b)}", markup=False)
     if not libs:
         console.print("no CUDA device code found")
         return

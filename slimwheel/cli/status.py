@@ -10,6 +10,7 @@ from ..elf import open_elf
 from ..env import env_status
 from ..errors import SlimwheelError
 from ..guard import env_guard_installed
+from ..identity import describe, installed_identities, prefix_identities
 from ..note import read_note
 from .options import add_env_options, human, sites, store_from
 
@@ -36,6 +37,9 @@ def execute(args: argparse.Namespace) -> int:
             )
         if not conda and env_guard_installed(site):
             print(f"guard installed in {site} (slimwheel slim-env --guard)")
+        builds = prefix_identities(site) if conda else installed_identities(site)
+        for b in builds:  # slim builds installed as such (from slim wheels or packages)
+            print(f"installed: {describe(b.to_json())}")
     print(f"saved {human(saved)}")
     return 0
 

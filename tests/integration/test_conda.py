@@ -472,6 +472,19 @@ def test_one_channel_picks_the_build_by_cuda_arch(tmp_path: Path) -> None:
         assert want.sha256.hex() == file_sha256(prefix / "lib/libcurand.so.10"), name
     assert file_sha256(tmp_path / "cpu/lib/libcurand.so.10") == file_sha256(curand)
     assert _arches(tmp_path / "h200/lib/libcurand.so.10") <= {"sm_90", "compute_90"}
+    # What installers see, in status (the prefix) and inspect (the package).
+    status = _cli("status", "--prefix", str(tmp_path / "h200"), "--store", store)
+    assert status.returncode == 0, status.stderr
+    assert (
+        "installed: curand 10.4.0.35: slim build; conda build h0_0_sm90; "
+        "chosen by __cuda_arch >=9.0,<10"
+    ) in status.stdout, status.stdout
+    assert "installed:" not in _cli("status", "--prefix", str(tmp_path / "cpu")).stdout
+    got = _cli("inspect", str(dist / "curand-10.4.0.35-h0_0_sm80_sm86.conda"), "--json")
+    assert got.returncode == 0, got.stderr
+    (build,) = json.loads(got.stdout)["builds"]
+    assert build["targets"] == ["sm_80", "sm_86"] and build["conda_build"] == "h0_0_sm80_sm86"
+    assert build["cuda_arch"] == "__cuda_arch >=8.0,<9" and build["local_label"] is None
 
     # A slim build that does not say which hosts take it (an older slimwheel) is refused:
     # every host would install it.

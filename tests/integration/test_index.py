@@ -338,6 +338,15 @@ def test_variantlib_validates_every_variant_file(
         ("sm80", ("nvidia :: sm_arch :: 80_real",)),
         ("sm90", ("nvidia :: sm_arch :: 90_real",)),
     }
+    # inspect says what installers see of a variant wheel.
+    vwheel = next(w for w in wheels if w.name.endswith("-sm90.whl"))
+    got = subprocess.run(
+        [sys.executable, "-m", "slimwheel", "inspect", str(vwheel), "--json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    (build,) = json.loads(got.stdout)["builds"]
+    assert build["variant_label"] == "sm90" and build["version"] == "1.0"
     # The validator is real: a label or value outside the grammar is refused.
     with pytest.raises((ValidationError, SchemaError)):
         VariantsJson({**doc, "variants": {"SM90": doc["variants"]["sm90"]}})

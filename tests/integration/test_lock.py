@@ -132,6 +132,10 @@ def test_build_from_a_lock_and_deploy_it(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert got.returncode == 0, got.stderr
+    status = _cli("status", "--python", str(pip_py), "--store", store).stdout
+    assert "installed: nvidia-curand 10.4.0.35+sm90: slim build for sm_90; local label +sm90" in (
+        status
+    ), status
     for py in (pip_py, uv_py):
         assert _installed_match(venv_purelib(py), wheels) > 10
         lib = venv_purelib(py) / "nvidia/cu13/lib/libcurand.so.10"
