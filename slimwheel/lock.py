@@ -266,13 +266,22 @@ def check_wheel(lock: Lock, wheel: str) -> Pin:
         raise lock.fail(f"{dist} {version}: fetched ({name}) but not in the lock")
     if str(version) != pin.version and version != _version(pin.version):
         raise lock.fail(f"{dist}: fetched version {version}, the lock pins {pin.version}")
-    got = _digests(wheel, (a for a, _h in pin.hashes))
-    if not any(got[a] == h for a, h in pin.hashes):
+    _check_hashes(lock, pin, wheel, pin.hashes, every=False)
+    return pin
+
+
+def _check_hashes(
+    lock: Lock, pin: Pin, path: str, hashes: Iterable[tuple[str, str]], *, every: bool
+) -> None:
+    """The file has one of ``hashes`` (all of them: ``every``), or it is refused."""
+    pairs = list(hashes)
+    got = _digests(path, {a for a, _h in pairs} | {"sha256"})
+    matched = [got[a] == h for a, h in pairs]
+    if not (all(matched) if every else any(matched)):
         raise lock.fail(
-            f"{dist} {pin.version}: {name} has sha256 {_digests(wheel, ['sha256'])['sha256']}, "
+            f"{pin.name} {pin.version}: {os.path.basename(path)} has sha256 {got['sha256']}, "
             "which the lock does not pin (tampered, or another build)"
         )
-    return pin
 
 
 def _version(text: str) -> Version | str:
@@ -294,8 +303,9 @@ def download_requirements(lock: Lock) -> list[str]:
     return out
 
 
-def fetch_pylock(lock: Lock, dest: str) -> list[str]:
-    """Every wheel of a pylock.toml, checked: local files as they are, URLs into ``dest``."""
+def fetch_pylock(lock: Lock, dest: str) -> list[tuple[str, Pin]]:
+    """Every wheel of a pylock.toml with its pin, each checked against its own hashes:
+    local files as they are, URLs fetched into ``dest``."""
     out = []
     for pin in sorted(lock.pins.values(), key=lambda p: p.name):
         for w in pin.wheels:
@@ -306,13 +316,8 @@ def fetch_pylock(lock: Lock, dest: str) -> list[str]:
                 path = w.location
                 if os.path.basename(path) != w.filename:
                     raise lock.fail(f"{pin.name}: {path} is not named {w.filename}")
-            got = _digests(path, (a for a, _h in w.hashes))
-            if not all(got[a] == h for a, h in w.hashes):
-                raise lock.fail(
-                    f"{pin.name} {pin.version}: {w.filename} does not have the hash the "
-                    "lock pins (tampered, or another build)"
-                )
-            out.append(path)
+            _check_hashes(lock, pin, path, w.hashes, every=True)
+            out.append((path, pin))
     return out
 
 

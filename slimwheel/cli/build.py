@@ -169,15 +169,15 @@ def execute(args: argparse.Namespace) -> int:
             if is_pylock(source):
                 got = fetch_pylock(lock, where)
             else:
-                got = download(
+                fetched = download(
                     download_requirements(lock),
                     where,
                     deps=False,
                     pip_args=_pip_args(args) + lock.pip_options,
                 )
-            for w in got:
-                pinned[w] = check_wheel(lock, w)
-            wheels += got
+                got = [(w, check_wheel(lock, w)) for w in fetched]
+            pinned.update(got)
+            wheels += [w for w, _pin in got]
         if not wheels and not packages:
             raise UsageError("no wheels or conda packages found in the inputs")
         # Every output appears in -o together, or none does.
