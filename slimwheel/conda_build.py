@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import posixpath
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
@@ -151,6 +152,14 @@ def _served(
     return served
 
 
+def is_cuda_arch(depend: object) -> bool:
+    """Whether a conda dependency (a match spec string) names ``__cuda_arch``."""
+    if not isinstance(depend, str):
+        return False
+    m = re.match(r"[A-Za-z0-9_.-]+", depend.strip())
+    return m is not None and m.group(0) == CUDA_ARCH
+
+
 def cuda_arch_depends(served: frozenset[Target]) -> str:
     """The dependency that lets a conda solver choose the build by the host's GPUs."""
     return f"{CUDA_ARCH} {cuda_arch_spec(served)}"
@@ -185,7 +194,7 @@ def _rewrite_info(
     index["build_number"] = base + BUILD_NUMBER_OFFSET + len(CAPABILITIES) - len(served or ())
     if served is not None:
         depends = [d for d in index.get("depends") or [] if isinstance(d, str)]
-        depends = [d for d in depends if d.split(" ")[0] != CUDA_ARCH]
+        depends = [d for d in depends if not is_cuda_arch(d)]
         index["depends"] = sorted([*depends, cuda_arch_depends(served)])
     epoch = source_date_epoch()
     stamp = int(epoch) if epoch is not None else max(m.mtime for m in pkg.members)

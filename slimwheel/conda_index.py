@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .build import PROVENANCE
-from .conda_build import CUDA_ARCH
+from .conda_build import is_cuda_arch
 from .condapkg import MAX_INFO_BYTES, CondaPackageError, package_format, read_info, stem_of
 from .files import parse_json
 from .index import Contents, FileContent, PublishError, collect, provenance_targets, write_site
@@ -123,7 +123,7 @@ def _without_cuda_arch(p: IndexedPackage) -> IndexedPackage:
     depends = p.record.get("depends")
     if not isinstance(depends, list):
         return p
-    kept = [d for d in depends if not (isinstance(d, str) and d.split(" ")[0] == CUDA_ARCH)]
+    kept = [d for d in depends if not is_cuda_arch(d)]
     return replace(p, record={**p.record, "depends": kept})
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,11 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from .build import PROVENANCE
-from .conda_build import CUDA_ARCH
-from .condapkg import MAX_INFO_BYTES, package_format, read_info
+from .conda_build import is_cuda_arch
+from .condapkg import package_format, read_info
+from .env import MAX_RECORD_BYTES
 from .errors import InputError
-from .files import open_regular, parse_json
+from .files import open_regular, parse_json, read_json
 
 #: The most bytes read of one metadata file (provenance, variant.json, a record).
 MAX_META_BYTES = 4 << 20
@@ -92,9 +94,12 @@ def _variant(doc: dict[str, object] | None) -> str | None:
 def _from_dist_info(
     where: str, kind: str, meta: str, prov: bytes | None, variant: bytes | None
 ) -> BuildIdentity:
-    fields = dict(
-        line.split(": ", 1) for line in meta.splitlines()[:200] if ": " in line and line[:1] != " "
-    )
+    headers = meta.split("\n\n", 1)[0]  # the body (a description) is not metadata
+    fields: dict[str, str] = {}
+    for line in headers.splitlines()[:500]:
+        if ": " in line and line[:1] not in (" ", "\t"):
+            key, value = line.split(": ", 1)
+            fields.setdefault(key, value)
     name, version = fields.get("Name", "?"), fields.get("Version", "?")
     p = _json(prov, f"{where}:{PROVENANCE}") if prov is not None else None
     slim, targets, _inst = _provenance(p)
@@ -135,7 +140,7 @@ def wheel_identity(path: str) -> BuildIdentity:
                 _read_member(zf, f"{d}/{PROVENANCE}", path),
                 _read_member(zf, f"{d}/variant.json", path),
             )
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, zlib.error) as exc:
         raise InputError(f"not a readable wheel ({exc})", path=path) from None
 
 
@@ -143,7 +148,7 @@ def _conda_record(where: str, kind: str, index: dict[str, object], prov: object)
     depends = index.get("depends")
     arch = (
         next(
-            (d for d in depends if isinstance(d, str) and d.split(" ")[0] == CUDA_ARCH),
+            (d for d in depends if is_cuda_arch(d)),
             None,
         )
         if isinstance(depends, list)
@@ -204,7 +209,12 @@ def prefix_identities(prefix: Path) -> list[BuildIdentity]:
     """The conda packages of a prefix that a solver chose by ``__cuda_arch``."""
     out = []
     for meta in sorted((prefix / "conda-meta").glob("*.json")):
-        doc = _json(_small(meta, MAX_INFO_BYTES * 64), str(meta))
+        try:
+            doc = read_json(meta, limit=MAX_RECORD_BYTES)
+        except InputError:
+            continue  # status reports the environment; a broken record is not its concern
+        if not isinstance(doc, dict):
+            continue
         ident = _conda_record(str(meta), "conda prefix", doc, None)
         if ident.cuda_arch:
             out.append(ident)

@@ -18,7 +18,6 @@ inputs, same bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -28,14 +27,17 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from packaging.markers import InvalidMarker, Marker
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import (
+    InvalidName,
     InvalidWheelFilename,
     NormalizedName,
     canonicalize_name,
     parse_wheel_filename,
 )
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from .errors import InputError
 from .files import open_regular
@@ -82,7 +84,13 @@ class Lock:
     requires_python: str | None = None
 
     def fail(self, message: str) -> LockError:
-        return LockError(message, path=self.path)
+        """The error, on one line (parsers' messages draw carets on several)."""
+        return LockError(_one_line(message), path=self.path)
+
+
+def _one_line(text: str) -> str:
+    first, _nl, rest = text.partition("\n")
+    return first.rstrip() + (" ...)" if rest and "(" in first and ")" not in first else "")
 
 
 def _read_text(path: str) -> str:
@@ -119,18 +127,65 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
         yield start, buf.strip()
 
 
+#: Option lines of a requirements lock passed to pip: where to look, nothing else
+#: (no --no-binary, no build or log options: slimwheel builds nothing from source).
+_VALUE_OPTIONS = {
+    "-i": "--index-url",
+    "--index-url": "--index-url",
+    "--extra-index-url": "--extra-index-url",
+    "-f": "--find-links",
+    "--find-links": "--find-links",
+    "--trusted-host": "--trusted-host",
+}
+_FLAG_OPTIONS = {"--no-index", "--pre", "--prefer-binary", "--require-hashes"}
+
+
+def _options(lock: Lock, n: int, line: str) -> list[str]:
+    """A requirements lock's option line as pip arguments, refused unless it only says
+    where to find the files; a relative --find-links is the lock's directory's."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise lock.fail(f"line {n}: {exc}") from None
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        name, eq, value = word.partition("=")
+        if not eq and word[:2] in ("-i", "-f") and len(word) > 2:
+            name, value, eq = word[:2], word[2:], "="
+        if name in _FLAG_OPTIONS and not eq:
+            if name != "--require-hashes":  # slimwheel checks every hash itself
+                out.append(name)
+            i += 1
+            continue
+        if name not in _VALUE_OPTIONS:
+            raise lock.fail(f"line {n}: {name} in a lock file: only index and find-links options")
+        if not eq:
+            if i + 1 >= len(words):
+                raise lock.fail(f"line {n}: {name} needs a value")
+            value = words[i + 1]
+            i += 1
+        option = _VALUE_OPTIONS[name]
+        if option == "--find-links" and "://" not in value and not os.path.isabs(value):
+            value = os.path.normpath(
+                os.path.join(os.path.dirname(os.path.abspath(lock.path)), value)
+            )
+        out += [option, value]
+        i += 1
+    return out
+
+
 def read_requirements(path: str) -> Lock | None:
-    """The pins of a requirements file, or None when it has no ``--hash`` (not a lock)."""
-    text = _read_text(path)
-    if "--hash" not in text:
+    """The pins of a requirements file, or None when no requirement has a ``--hash``
+    (not a lock)."""
+    lines = list(_logical_lines(_read_text(path)))
+    if not any(_HASH.search(line) for _n, line in lines):
         return None
     lock = Lock(path)
-    for n, line in _logical_lines(text):
+    for n, line in lines:
         if line.startswith("-"):
-            words = shlex.split(line)
-            if words[0] in ("-r", "--requirement", "-c", "--constraint", "-e", "--editable"):
-                raise lock.fail(f"line {n}: {words[0]} in a lock file: give one complete lock")
-            lock.pip_options += words
+            lock.pip_options += _options(lock, n, line)
             continue
         hashes = frozenset((a, h.lower()) for a, h in _HASH.findall(line))
         spec = _HASH.sub("", line).strip()
@@ -151,9 +206,29 @@ def _marker(req: Requirement) -> str | None:
     return str(req.marker) if req.marker is not None else None
 
 
+def _pylock_marker(lock: Lock, where: str, text: object) -> str | None:
+    """A package's marker in a pylock.toml, normalized; refused when it is not one, or
+    when it asks for extras or dependency groups (a requirements file cannot say that)."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise lock.fail(f"{where}: marker is not a string")
+    try:
+        marker = Marker(text)
+    except InvalidMarker as exc:
+        raise lock.fail(f"{where}: bad marker ({exc})") from None
+    normal = str(marker)
+    if re.search(r"\b(extras|dependency_groups)\b", normal):
+        raise lock.fail(f"{where}: a marker on extras or dependency groups is not taken")
+    return normal
+
+
 def _add(lock: Lock, pin: Pin, where: object) -> None:
     if pin.name in lock.pins:
-        raise lock.fail(f"{where}: {pin.name} is pinned twice")
+        raise lock.fail(
+            f"{where}: {pin.name} is pinned twice (a lock with a version per environment is "
+            "not taken: lock for the environment you build)"
+        )
     if len(lock.pins) >= MAX_PINS:
         raise lock.fail(f"more than {MAX_PINS} packages")
     lock.pins[pin.name] = pin
@@ -175,11 +250,15 @@ def read_pylock(path: str) -> Lock:
     if not isinstance(packages, list):
         raise lock.fail("no [[packages]]")
     base = os.path.dirname(os.path.abspath(path))
+    seen: set[str] = set()
     for i, pkg in enumerate(packages):
         where = f"packages[{i}]"
         if not isinstance(pkg, dict) or not isinstance(pkg.get("name"), str):
             raise lock.fail(f"{where}: no name")
-        name = canonicalize_name(pkg["name"])
+        try:
+            name = canonicalize_name(pkg["name"], validate=True)
+        except InvalidName:
+            raise lock.fail(f"{where}: {pkg['name']!r} is not a package name") from None
         ver = pkg.get("version")
         if not isinstance(ver, str) or not ver:
             raise lock.fail(f"{where}: {name} has no version")
@@ -192,10 +271,19 @@ def read_pylock(path: str) -> Lock:
         files = tuple(
             _locked_wheel(lock, base, f"{where}.wheels[{j}]", w) for j, w in enumerate(wheels)
         )
-        marker = pkg.get("marker")
+        marker = _pylock_marker(lock, where, pkg.get("marker"))
+        for w in files:
+            try:
+                wname, wver, _b, _t = parse_wheel_filename(w.filename)
+            except InvalidWheelFilename as exc:
+                raise lock.fail(f"{where}: {exc}") from None
+            if wname != name or not _pinned(ver, wver):
+                raise lock.fail(f"{where}: {w.filename} is not a wheel of {name} {ver}")
+            if w.filename in seen:
+                raise lock.fail(f"{where}: {w.filename} is listed twice")
+            seen.add(w.filename)
         hashes = frozenset(h for w in files for h in w.hashes)
-        pin = Pin(name, ver, hashes, marker if isinstance(marker, str) else None, files)
-        _add(lock, pin, where)
+        _add(lock, Pin(name, ver, hashes, marker, files), where)
     return lock
 
 
@@ -205,15 +293,10 @@ def _locked_wheel(lock: Lock, base: str, where: str, w: object) -> LockedWheel:
     hashes = w.get("hashes")
     if not isinstance(hashes, dict) or not hashes:
         raise lock.fail(f"{where}: no hashes")
-    pairs = tuple(
-        sorted(
-            (str(a), str(h).lower())
-            for a, h in hashes.items()
-            if a in _ALGORITHMS and isinstance(h, str) and re.fullmatch(r"[0-9a-fA-F]+", h)
-        )
-    )
-    if not pairs:
-        raise lock.fail(f"{where}: no sha256, sha384 or sha512 hash")
+    for a, h in hashes.items():
+        if a not in _ALGORITHMS or not isinstance(h, str) or not re.fullmatch(r"[0-9a-fA-F]+", h):
+            raise lock.fail(f"{where}: hash {a!r} is not a sha256, sha384 or sha512 hex digest")
+    pairs = tuple(sorted((str(a), str(h).lower()) for a, h in hashes.items()))
     url, rel = w.get("url"), w.get("path")
     if isinstance(rel, str):
         location = os.path.normpath(os.path.join(base, rel))
@@ -230,10 +313,14 @@ def _locked_wheel(lock: Lock, base: str, where: str, w: object) -> LockedWheel:
     filename = w.get("name")
     if not isinstance(filename, str):
         filename = os.path.basename(urllib.parse.urlsplit(location).path)
-    if "/" in filename or not filename.endswith(".whl"):
+    if "/" in filename or "\0" in filename or not filename.endswith(".whl"):
         raise lock.fail(f"{where}: {filename!r} is not a wheel file name")
     size = w.get("size")
-    return LockedWheel(filename, location, pairs, size if isinstance(size, int) else None)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise lock.fail(f"{where}: size {size!r} is not a byte count")
+    if "\0" in location:
+        raise lock.fail(f"{where}: a NUL in the wheel's location")
+    return LockedWheel(filename, location, pairs, size)
 
 
 def read_lock(path: str) -> Lock | None:
@@ -264,7 +351,7 @@ def check_wheel(lock: Lock, wheel: str) -> Pin:
     pin = lock.pins.get(dist)
     if pin is None:
         raise lock.fail(f"{dist} {version}: fetched ({name}) but not in the lock")
-    if str(version) != pin.version and version != _version(pin.version):
+    if not _pinned(pin.version, version):
         raise lock.fail(f"{dist}: fetched version {version}, the lock pins {pin.version}")
     _check_hashes(lock, pin, wheel, pin.hashes, every=False)
     return pin
@@ -284,11 +371,21 @@ def _check_hashes(
         )
 
 
-def _version(text: str) -> Version | str:
+def _pinned(pinned: str, version: Version) -> bool:
+    """``name==pinned`` matches ``version`` as pip has it (PEP 440: a local label of the
+    candidate is ignored when the pin has none)."""
     try:
-        return Version(text)
-    except InvalidVersion:
-        return text
+        return SpecifierSet(f"=={pinned}").contains(version, prereleases=True)
+    except InvalidSpecifier:
+        return str(version) == pinned
+
+
+def check_complete(lock: Lock, fetched: Iterable[Pin]) -> None:
+    """Every pin that applies here (its marker) came with a file."""
+    got = {p.name for p in fetched}
+    for pin in sorted(lock.pins.values(), key=lambda p: p.name):
+        if pin.name not in got and (pin.marker is None or Marker(pin.marker).evaluate()):
+            raise lock.fail(f"{pin.name} {pin.version}: pinned, but no wheel of it was fetched")
 
 
 def download_requirements(lock: Lock) -> list[str]:
@@ -381,7 +478,18 @@ def requirements_text(wheels: Sequence[BuiltWheel], where: str) -> str:
 
 
 def _toml(s: str) -> str:
-    return json.dumps(s, ensure_ascii=True)  # a TOML basic string
+    """A TOML basic string: backslash, quote and control characters escaped; the
+    rest as it is (UTF-8)."""
+    out = []
+    for ch in s:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def pylock_text(

@@ -20,6 +20,7 @@ from ..lock import (
     Lock,
     Pin,
     built_wheel,
+    check_complete,
     check_wheel,
     download_requirements,
     fetch_pylock,
@@ -155,7 +156,7 @@ def execute(args: argparse.Namespace) -> int:
             requirements.append(item)
     locks = {r: read_lock(r) for r in args.requirement}
     plain_files = [r for r, lock in locks.items() if lock is None]
-    pinned: dict[str, Pin] = {}  # wheel path -> the pin it satisfies
+    pinned: dict[str, Pin] = {}  # wheel file name -> the pin it satisfies
     results: list[BuildResult] = []
     with tempfile.TemporaryDirectory(prefix="slimwheel-download-") as tmp:
         if requirements or plain_files:
@@ -176,7 +177,8 @@ def execute(args: argparse.Namespace) -> int:
                     pip_args=_pip_args(args) + lock.pip_options,
                 )
                 got = [(w, check_wheel(lock, w)) for w in fetched]
-            pinned.update(got)
+            check_complete(lock, (pin for _w, pin in got))
+            pinned.update((os.path.basename(w), pin) for w, pin in got)
             wheels += [w for w, _pin in got]
         if not wheels and not packages:
             raise UsageError("no wheels or conda packages found in the inputs")
@@ -216,7 +218,11 @@ def _write_locks(
     staging: Path,
 ) -> None:
     """requirements.txt and pylock.toml of the slim environment, beside its wheels."""
-    built = [built_wheel(pinned[r.source], r.output) for r in results if r.source in pinned]
+    built = [
+        built_wheel(pinned[os.path.basename(r.source)], r.output)
+        for r in results
+        if os.path.basename(r.source) in pinned
+    ]
     where = str(Path(args.output) / "pylock.toml")
     requires = {lock.requires_python for lock in locks.values() if lock and lock.requires_python}
     texts = {

@@ -203,6 +203,11 @@ def test_a_file_that_does_not_match_its_pin_is_refused(tmp_path: Path) -> None:
         ("filelock>=4 --hash=sha256:" + "0" * 64, "not pinned to one version"),
         ("filelock==4.3.1", "has no --hash"),
         ("-r other.txt", "-r in a lock file"),
+        ("--requirement=other.txt", "--requirement in a lock file"),
+        # pip would build an sdist (run its setup.py) before any hash is checked
+        ("--no-binary=:all:", "--no-binary in a lock file: only index and find-links"),
+        ("--log=/tmp/anywhere", "--log in a lock file"),
+        ('--index-url "http://x', "No closing quotation"),
     ],
 )
 def test_a_lock_that_does_not_pin_everything_is_refused(
@@ -242,3 +247,63 @@ def test_written_requirements_parse_as_pip_reads_them(tmp_path: Path) -> None:
     lock.write_text(pylock_text(wheels, "x"))
     (p2,) = read_pylock(str(lock)).pins.values()
     assert [w.location for w in p2.wheels] == sorted(w.path for w in wheels)
+
+
+def test_locks_as_pip_reads_them(tmp_path: Path) -> None:
+    """A relative --find-links is the lock's directory's; --require-hashes is taken; a
+    wheel given twice (a directory and the lock) stays in the written locks; a pin
+    without a local label matches a wheel with one (PEP 440)."""
+    src = _originals(tmp_path)
+    lock = tmp_path / "requirements.lock"
+    text = _requirements_lock(src, lock).read_text()
+    lock.write_text(text.replace(f"--find-links {src}", "--require-hashes\n--find-links src"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dist = tmp_path / "dist"
+    r = subprocess.run(
+        [sys.executable, "-m", "slimwheel", "build", str(src), "-r", str(lock), "--arch",
+         "sm_90", "-o", str(dist), "--store", str(tmp_path / "s"), "-q"],
+        capture_output=True, text=True, cwd=elsewhere,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    req = (dist / "requirements.txt").read_text()
+    assert "filelock==4.3.1" in req and "nvidia-curand==10.4.0.35+sm90" in req
+    # The slim environment's own lock, pinned without the label, takes the slim wheels.
+    slim_lock = tmp_path / "slim.lock"
+    slim_lock.write_text(
+        req.replace("10.4.0.35+sm90", "10.4.0.35") + f"--no-index\n--find-links {dist}\n"
+    )
+    again = tmp_path / "again"
+    r = _cli("build", "-r", str(slim_lock), "--arch", "sm_90", "-o", str(again),
+             "--store", str(tmp_path / "s"), "-q")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.replace('name = "filelock"', 'name = "numpy"'), "is not a wheel of numpy"),
+        (
+            lambda t: t.replace(
+                'version = "4.3.1"', 'version = "4.3.1"\nmarker = "os_name == \'posix\'\\nevil==6"'
+            ),
+            "bad marker",
+        ),
+        (
+            lambda t: t.replace(
+                'version = "4.3.1"', 'version = "4.3.1"\nmarker = "\'dev\' in dependency_groups"'
+            ),
+            "dependency groups",
+        ),
+        (lambda t: t.replace("hashes = { sha256", "hashes = { md5"), "not a sha256"),
+    ],
+)
+def test_a_pylock_that_lies_is_refused(tmp_path: Path, change: object, message: str) -> None:
+    src = _originals(tmp_path)
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    pylock = _pylock(src, locks / "pylock.toml")
+    pylock.write_text(change(pylock.read_text()))  # type: ignore[operator]
+    r = _cli("build", "-r", str(pylock), "--arch", "sm_90", "-o", str(tmp_path / "out"))
+    _one_line(r, "pylock.toml", message)
+    assert not (tmp_path / "out").exists()
