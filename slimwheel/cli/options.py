@@ -168,14 +168,22 @@ def _jobs(text: str) -> int:
     return n
 
 
+def _cores() -> int:
+    """The CPUs this process may run on (its affinity), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def add_jobs_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         "-j",
         type=_jobs,
-        default=os.cpu_count() or 1,
+        default=_cores(),
         metavar="N",
-        help="libraries slimmed in parallel (default: the machine's cores)",
+        help="libraries slimmed in parallel (default: the cores this process may use)",
     )
 
 
