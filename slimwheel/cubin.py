@@ -110,7 +110,13 @@ def read_element(buf: Buffer, el: Element, *, name: str) -> ModuleSymbols | None
     """Symbols of an element; None for kinds without a symbol table (LTO-IR)."""
     if el.kind not in (ElementKind.ELF, ElementKind.PTX):
         return None
-    data = payload(buf, el, name=name)
+    return element_symbols(payload(buf, el, name=name), el, name=name)
+
+
+def element_symbols(data: bytes | bytearray, el: Element, *, name: str) -> ModuleSymbols | None:
+    """Symbols of an element's (decompressed) payload; None for LTO-IR and other kinds."""
+    if el.kind not in (ElementKind.ELF, ElementKind.PTX):
+        return None
     label = f"{name}: element at {el.offset:#x} ({el.arch_name})"
     if el.is_ptx:
         return read_ptx(data)

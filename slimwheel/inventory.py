@@ -10,10 +10,17 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .cubin import BareCubin, ModuleSymbols, find_bare_cubins, read_bare_cubin, read_element
+from .cubin import (
+    BareCubin,
+    ModuleSymbols,
+    element_symbols,
+    find_bare_cubins,
+    read_bare_cubin,
+)
+from .cubinsize import ElementSizes, element_sizes
 from .elf import ElfFile, map_file, release
 from .errors import SlimwheelError
-from .fatbin import RELEASE_EVERY, FatbinLayout, scan
+from .fatbin import RELEASE_EVERY, FatbinLayout, payload, scan
 from .hostcode import HostPlan
 from .layout import strippable_sections
 from .plan import Plan
@@ -36,6 +43,7 @@ class LibraryScan:
     strip_bytes: int = 0  # what --strip would remove (DWARF, static symbol table)
     bare_symbols: Mapping[int, ModuleSymbols] | None = None  # offset -> symbols (--kernels)
     host: HostPlan | None = None  # --cpu: the host code plan
+    sizes: Mapping[int, ElementSizes] | None = None  # element offset -> byte accounting
 
     @property
     def bare_bytes(self) -> int:
@@ -57,6 +65,7 @@ def scan_library(
     where: str | None = None,
     policy: SlimPolicy | None = None,
     kernels: bool = False,
+    sizes: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> LibraryScan:
     """Scan one ELF library; with a policy that names targets, plan its slim too.
@@ -70,11 +79,17 @@ def scan_library(
             elf = ElfFile(buf, label)
             layout = scan(elf)
             symbols: dict[int, ModuleSymbols | None] | None = None
-            if kernels:
-                symbols = {}
+            accounts: dict[int, ElementSizes] | None = {} if sizes else None
+            if kernels or sizes:
+                symbols = {} if kernels else None
                 swept = 0
                 for _region, el in layout.elements:
-                    symbols[el.offset] = read_element(buf, el, name=label)
+                    data = payload(buf, el, name=label)  # decompressed once for both
+                    if symbols is not None:
+                        symbols[el.offset] = element_symbols(data, el, name=label)
+                    if accounts is not None:
+                        accounts[el.offset] = element_sizes(data, el, label)
+                    del data
                     if progress:
                         progress(el.size)
                     if el.end - swept > RELEASE_EVERY:
@@ -105,6 +120,7 @@ def scan_library(
                 bare_symbols=bare_symbols,
                 strip_bytes=sum(s.size for s in strippable_sections(elf)),
                 host=host,
+                sizes=accounts,
             )
     except SlimwheelError as exc:
         if exc.path == os.fspath(path):

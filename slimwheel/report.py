@@ -7,12 +7,15 @@ the text view renders it, so the two never disagree. Its schema is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import __version__
 from .arch import Target
 from .cubin import BareCubin
+from .cubinsize import CONTAINER, stored_share
+from .demangle import demangle
 from .fatbin import Element
 from .inventory import LibraryScan
 
@@ -182,4 +185,64 @@ def inspect_document(
         "keep_ptx": keep_ptx,
         "libraries": libs,
         "totals": totals,
+    }
+
+
+def size_views(
+    scans: Sequence[LibraryScan], *, top: int | None, pattern: re.Pattern[str] | None
+) -> Doc:
+    """Device code by cubin section category, and bytes per kernel (largest stored
+    first; ``pattern`` searches the demangled and the mangled name; ``top`` cuts)."""
+    categories: dict[str, list[int]] = {}
+    kernels: dict[tuple[str, str], tuple[list[int], set[str]]] = {}
+    for s in sort_scans(scans):
+        if not s.sizes:
+            continue
+        for region in s.layout.regions:
+            headers = region.total_size - sum(e.payload_size for e in region.elements)
+            row = categories.setdefault(CONTAINER, [0, 0])
+            row[0] += headers
+            row[1] += headers
+        for _region, el in s.layout.elements:
+            acc = s.sizes.get(el.offset)
+            if acc is None:
+                continue
+            for cat, n in acc.by_category.items():
+                row = categories.setdefault(cat, [0, 0])
+                row[0] += n
+                row[1] += stored_share(el, acc.total, n)
+            for name, n in acc.by_kernel.items():
+                counts, arches = kernels.setdefault((s.name, name), ([0, 0], set()))
+                counts[0] += n
+                counts[1] += stored_share(el, acc.total, n)
+                arches.add(el.arch_name)
+    rows: list[Doc] = []
+    for (lib, name), ((raw, stored), arches) in kernels.items():
+        nice = demangle(name)
+        if pattern is not None and not (pattern.search(nice) or pattern.search(name)):
+            continue
+        rows.append(
+            {
+                "library": lib,
+                "kernel": name,
+                "demangled": nice,
+                "arches": sorted(arches),
+                "uncompressed_bytes": raw,
+                "stored_bytes": stored,
+            }
+        )
+    rows.sort(
+        key=lambda r: (-r["stored_bytes"], -r["uncompressed_bytes"], r["library"], r["kernel"])
+    )
+    return {
+        "by_category": [
+            {"category": c, "uncompressed_bytes": raw, "stored_bytes": stored}
+            for c, (raw, stored) in sorted(categories.items(), key=lambda kv: (-kv[1][1], kv[0]))
+        ],
+        "kernels_matched": len(rows),
+        "kernel_bytes": {
+            "uncompressed": sum(r["uncompressed_bytes"] for r in rows),
+            "stored": sum(r["stored_bytes"] for r in rows),
+        },
+        "kernels": rows[:top] if top is not None else rows,
     }

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..identity import describe, identities
 from ..inventory import LibraryScan, scan_library
-from ..report import Doc, inspect_document
+from ..report import Doc, inspect_document, size_views
 from ..sources import LibrarySource, find_libraries
 from .options import (
     add_output_options,
@@ -44,12 +45,41 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--all", action="store_true", help="also list libraries that carry no device code"
     )
+    p.add_argument(
+        "--top",
+        type=_count,
+        metavar="N",
+        help="the N largest kernels (stored bytes, every arch), and device code by cubin "
+        "section category",
+    )
+    p.add_argument(
+        "--filter",
+        metavar="REGEX",
+        help="only kernels whose name (demangled or mangled) matches; implies the kernel table",
+    )
     add_output_options(p)
     return p
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return n
+
+
 def execute(args: argparse.Namespace) -> int:
     policy = policy_from(args)
+    pattern = None
+    if args.filter is not None:
+        try:
+            pattern = re.compile(args.filter)
+        except re.error as exc:
+            raise UsageError(f"--filter {args.filter!r}: {exc}") from None
+    sizes = args.top is not None or pattern is not None
     targets = policy.targets
     if not targets and (args.profile or args.leave_section or args.keep_ptx or args.drop_lto):
         raise UsageError("--profile, --leave-section, --keep-ptx and --drop-lto need --arch")
@@ -66,6 +96,7 @@ def execute(args: argparse.Namespace) -> int:
                     where=src.where,
                     policy=policy,
                     kernels=args.kernels,
+                    sizes=sizes,
                 )
             advance(src.size, src.name)
             scans.append(scan)
@@ -78,6 +109,8 @@ def execute(args: argparse.Namespace) -> int:
         keep_ptx=args.keep_ptx,
         elements=args.elements or args.kernels,
     )
+    if sizes:
+        doc["sizes"] = size_views(scans, top=args.top, pattern=pattern)
     builds = [i for t in args.targets for i in identities(t)]
     if builds:
         doc["builds"] = [b.to_json() for b in builds]
@@ -146,6 +179,8 @@ def render(doc: Doc, *, show_all: bool = False) -> None:
     console.print(table)
     for b in doc.get("builds", ()):
         console.print(f"installers see {describe(b)}", markup=False)
+    if "sizes" in doc:
+        _render_sizes(console, doc["sizes"], totals["device_code_bytes"])
     if not libs:
         console.print("no CUDA device code found")
         return
@@ -238,3 +273,50 @@ def _render_element(console: Console, el: Doc) -> None:
         console.print(f"        kernel   {k}", markup=False)
     for v in el.get("variables", ()):
         console.print(f"        {v['space']:<8} {v['name']} ({v['size']} B)", markup=False)
+
+
+def _render_sizes(console: Console, sizes: Doc, device: int) -> None:
+    from rich.table import Table
+
+    cats = Table(title="Device code by cubin section", title_justify="left")
+    cats.add_column("category")
+    cats.add_column("uncompressed", justify="right")
+    cats.add_column("stored", justify="right")
+    cats.add_column("% of device code", justify="right")
+    for c in sizes["by_category"]:
+        cats.add_row(
+            c["category"],
+            human(c["uncompressed_bytes"]),
+            human(c["stored_bytes"]),
+            _pct(c["stored_bytes"], device),
+        )
+    console.print(cats)
+    shown = sizes["kernels"]
+    table = Table(
+        title=f"Largest kernels ({len(shown)} of {sizes['kernels_matched']})",
+        title_justify="left",
+    )
+    table.add_column("#", justify="right")
+    table.add_column("kernel (demangled)", overflow="ellipsis", no_wrap=True, max_width=90)
+    table.add_column("library")
+    table.add_column("arches")
+    table.add_column("uncompressed", justify="right")
+    table.add_column("stored", justify="right")
+    table.add_column("% of device code", justify="right")
+    for i, k in enumerate(shown, 1):
+        table.add_row(
+            str(i),
+            k["demangled"],
+            k["library"],
+            ",".join(k["arches"]),
+            human(k["uncompressed_bytes"]),
+            human(k["stored_bytes"]),
+            _pct(k["stored_bytes"], device),
+        )
+    console.print(table)
+    total = sizes["kernel_bytes"]
+    console.print(
+        f"{sizes['kernels_matched']} kernels: {human(total['stored'])} stored, "
+        f"{human(total['uncompressed'])} uncompressed",
+        markup=False,
+    )

@@ -1,0 +1,141 @@
+"""Where the bytes of a fatbin element go: per kernel, and per kind of cubin section.
+
+A cubin's sections are named after the kernel they serve (``.text.K``,
+``.nv.info.K``, ``.nv.constant0.K``, ``.rel.text.K``, ``.nv.capmerc.text.K``,
+...); a section of a kernel counts for it. Every section also counts in one
+category (code, constant banks, kernel attributes, ...); what no section
+covers is the ELF header, the section header table and padding. Sizes are
+uncompressed; the stored (on disk) bytes of a compressed element are shared
+out in proportion, the compression being over the whole element. PTX and
+LTO-IR elements count whole, in their own category.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .cubin import STO_CUDA_ENTRY
+from .elf import SHT, STT, ElfFile, EMachine
+from .errors import CubinError, ElfError
+from .fatbin import Element, ElementKind
+
+#: (category, section name prefixes), first match wins.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("SASS code (.text)", (".text.",)),
+    (".nv.capmerc sections", (".nv.capmerc",)),
+    (".nv.merc sections", (".nv.merc",)),
+    ("constant banks (.nv.constant*)", (".nv.constant",)),
+    (
+        "kernel attributes (.nv.info, notes)",
+        (".nv.info", ".note", ".nv.callgraph", ".nv.prototype"),
+    ),
+    ("relocations", (".rel",)),
+    ("debug info", (".debug", ".nv_debug", ".nv.debug")),
+    ("initialized globals", (".nv.global.init", ".data", ".nv.global")),
+    ("symbol and string tables", (".symtab", ".strtab", ".shstrtab", ".nv.uft")),
+)
+HEADERS = "ELF headers and padding"
+OTHER = "other sections"
+PTX = "PTX"
+LTO = "LTO-IR and other kinds"
+
+#: Section name prefixes that are followed by the name of the kernel they serve.
+_KERNEL_PREFIXES = (
+    ".text.",
+    ".nv.info.",
+    ".nv.shared.",
+    ".rel.text.",
+    ".rela.text.",
+    ".nv.capmerc.text.",
+    ".nv.merc.text.",
+    ".nv.merc.rel.text.",
+    ".nv.merc.rela.text.",
+    ".nv.merc.nv.info.",
+    ".nv.callgraph.",
+    ".nv.local.",
+)
+
+
+def category_of(section: str) -> str:
+    for name, prefixes in CATEGORIES:
+        if section.startswith(prefixes) or section in {p.rstrip(".") for p in prefixes}:
+            return name
+    return OTHER
+
+
+def _kernel_of(section: str, kernels: frozenset[str]) -> str | None:
+    if section.startswith(".nv.constant"):  # .nv.constant0.K, .nv.constant2.K, ...
+        rest = section[len(".nv.constant") :]
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        if digits and rest[digits : digits + 1] == ".":
+            name = rest[digits + 1 :]
+            return name if name in kernels else None
+        return None
+    for prefix in _KERNEL_PREFIXES:
+        if section.startswith(prefix):
+            name = section[len(prefix) :]
+            if name in kernels:
+                return name
+    return None
+
+
+@dataclass(slots=True)
+class ElementSizes:
+    """Uncompressed bytes of one element, by category and by kernel."""
+
+    total: int
+    by_category: Counter[str] = field(default_factory=Counter)
+    by_kernel: Counter[str] = field(default_factory=Counter)
+
+
+def cubin_sizes(data: bytes | bytearray, name: str) -> ElementSizes:
+    """The byte accounting of one cubin image (uncompressed)."""
+    try:
+        elf = ElfFile(data, name)
+        if elf.header.machine != EMachine.CUDA:
+            raise CubinError(f"not a CUDA cubin (e_machine {elf.header.machine})", path=name)
+        kernels = frozenset(
+            sym.name
+            for symtab in elf.sections
+            if symtab.type == SHT.SYMTAB
+            for sym in elf.symbols(symtab)
+            if sym.type == STT.FUNC and sym.other & STO_CUDA_ENTRY
+        )
+        out = ElementSizes(len(data))
+        covered = 0
+        for sec in elf.sections:
+            if sec.type in (SHT.NULL, SHT.NOBITS) or not sec.size:
+                continue
+            size = min(sec.size, len(data))
+            covered += size
+            out.by_category[category_of(sec.name)] += size
+            kernel = _kernel_of(sec.name, kernels)
+            if kernel is not None:
+                out.by_kernel[kernel] += size
+        out.by_category[HEADERS] += max(0, len(data) - covered)
+        for k in kernels:
+            out.by_kernel.setdefault(k, 0)
+        return out
+    except ElfError as exc:
+        raise CubinError(exc.message, path=name) from None
+
+
+def element_sizes(data: bytes | bytearray, el: Element, name: str) -> ElementSizes:
+    """The accounting of any element: cubins split, PTX and LTO-IR whole."""
+    if el.kind == ElementKind.ELF:
+        return cubin_sizes(data, f"{name}: element at {el.offset:#x} ({el.arch_name})")
+    out = ElementSizes(len(data))
+    out.by_category[PTX if el.is_ptx else LTO] += len(data)
+    return out
+
+
+#: Region and element headers of the fatbin container (not part of any payload).
+CONTAINER = "fatbin headers and padding"
+
+
+def stored_share(el: Element, uncompressed: int, part: int) -> int:
+    """The stored payload bytes of ``part`` of an element's ``uncompressed`` bytes."""
+    if uncompressed <= 0:
+        return 0
+    return round(el.payload_size * part / uncompressed)
