@@ -2,10 +2,13 @@
 
     python bench/bench_recorder.py
 
-Two torch workloads, each timed in a fresh process without and with the
-recorder injected (CUDA_INJECTION64_PATH): a launch-bound loop of 100,000
-tiny kernel launches, and 30 training steps of a small CNN. Target (issue 5):
-at most 5% slower on the training step. Needs an NVIDIA GPU and torch.
+Two torch workloads, each timed in a fresh process without the recorder,
+with the device recorder injected (CUDA_INJECTION64_PATH), and with host
+code recording too (LD_AUDIT + LD_PRELOAD, as ``slimwheel profile`` runs by
+default), interleaved, best of 3: a launch-bound loop of 100,000 tiny kernel
+launches, and 30 training steps of a small CNN. Targets: at most 5% slower
+on the training step (issue 5, device), and at most 5% with host recording
+(issue 15). Needs an NVIDIA GPU and torch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from slimwheel.hostuse import HostRecorder, build_host_recorder
 from slimwheel.profile import build_recorder
 from slimwheel.store import Store
 
@@ -47,11 +51,13 @@ torch.cuda.synchronize(); print((time.perf_counter() - t) / 30)
 """
 
 
-def run(code: str, recorder: Path | None) -> float:
+def run(code: str, recorder: Path | None, host: HostRecorder | None = None) -> float:
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
         if recorder is not None:
             env.update(CUDA_INJECTION64_PATH=str(recorder), SLIMWHEEL_PROFILE_DIR=tmp)
+        if host is not None:
+            env = host.environment(env, tmp)
         out = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )
@@ -59,15 +65,27 @@ def run(code: str, recorder: Path | None) -> float:
 
 
 def main() -> None:
-    recorder = build_recorder(Store())
-    print(f"{'workload':<32} {'without':>10} {'with':>10} {'overhead':>9}")
+    store = Store()
+    recorder = build_recorder(store)
+    host = build_host_recorder(store.root / "recorder" / "host")
+    print(
+        f"{'workload':<32} {'without':>10} {'device':>10} {'overhead':>9}"
+        f" {'+host':>10} {'overhead':>9}"
+    )
     for name, code, unit in (
         ("100k tiny launches (s)", LAUNCHES, 1.0),
         ("CNN training step (ms)", TRAIN, 1000.0),
     ):
-        base = min(run(code, None) for _ in range(3))
-        rec = min(run(code, recorder) for _ in range(3))
-        print(f"{name:<32} {base * unit:10.3f} {rec * unit:10.3f} {100 * (rec / base - 1):8.1f}%")
+        times: dict[str, list[float]] = {"base": [], "device": [], "host": []}
+        for _ in range(3):  # interleaved: drift hits every column alike
+            times["base"].append(run(code, None))
+            times["device"].append(run(code, recorder))
+            times["host"].append(run(code, recorder, host))
+        base, dev, both = (min(times[k]) for k in ("base", "device", "host"))
+        print(
+            f"{name:<32} {base * unit:10.3f} {dev * unit:10.3f} {100 * (dev / base - 1):8.1f}%"
+            f" {both * unit:10.3f} {100 * (both / base - 1):8.1f}%"
+        )
 
 
 if __name__ == "__main__":
