@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .cubin import STO_CUDA_ENTRY
-from .elf import SHT, STT, ElfFile, EMachine
+from .cubin import ModuleSymbols, element_symbols
+from .elf import SHT, ElfFile
 from .errors import CubinError, ElfError
 from .fatbin import Element, ElementKind
 
@@ -89,19 +89,11 @@ class ElementSizes:
     by_kernel: Counter[str] = field(default_factory=Counter)
 
 
-def cubin_sizes(data: bytes | bytearray, name: str) -> ElementSizes:
-    """The byte accounting of one cubin image (uncompressed)."""
+def cubin_sizes(data: bytes | bytearray, name: str, kernels: frozenset[str]) -> ElementSizes:
+    """The byte accounting of one cubin image (uncompressed); ``kernels``: its entry
+    points (``cubin.read_cubin``)."""
     try:
         elf = ElfFile(data, name)
-        if elf.header.machine != EMachine.CUDA:
-            raise CubinError(f"not a CUDA cubin (e_machine {elf.header.machine})", path=name)
-        kernels = frozenset(
-            sym.name
-            for symtab in elf.sections
-            if symtab.type == SHT.SYMTAB
-            for sym in elf.symbols(symtab)
-            if sym.type == STT.FUNC and sym.other & STO_CUDA_ENTRY
-        )
         out = ElementSizes(len(data))
         covered = 0
         for sec in elf.sections:
@@ -121,10 +113,16 @@ def cubin_sizes(data: bytes | bytearray, name: str) -> ElementSizes:
         raise CubinError(exc.message, path=name) from None
 
 
-def element_sizes(data: bytes | bytearray, el: Element, name: str) -> ElementSizes:
-    """The accounting of any element: cubins split, PTX and LTO-IR whole."""
+def element_sizes(
+    data: bytes | bytearray, el: Element, name: str, symbols: ModuleSymbols | None = None
+) -> ElementSizes:
+    """The accounting of any element: cubins split, PTX and LTO-IR whole. ``symbols``:
+    what ``cubin.element_symbols`` read of the same data (read here when not given)."""
     if el.kind == ElementKind.ELF:
-        return cubin_sizes(data, f"{name}: element at {el.offset:#x} ({el.arch_name})")
+        if symbols is None:
+            symbols = element_symbols(data, el, name=name)
+        kernels = frozenset(symbols.kernels if symbols else ())
+        return cubin_sizes(data, f"{name}: element at {el.offset:#x} ({el.arch_name})", kernels)
     out = ElementSizes(len(data))
     out.by_category[PTX if el.is_ptx else LTO] += len(data)
     return out

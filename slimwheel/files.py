@@ -90,14 +90,21 @@ def parse_json(data: bytes, where: str, *, limit: int) -> object:
         raise InputError(f"not JSON ({exc})", path=where) from None
 
 
-def read_json(path: str | os.PathLike[str], *, limit: int) -> object:
-    """A JSON file (a regular file, at most ``limit`` bytes), parsed as :func:`parse_json`."""
+def read_capped(path: str | os.PathLike[str], *, limit: int) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them; InputError naming it otherwise."""
     try:
         with open_regular(path) as f:
             data = f.read(limit + 1)
     except OSError as exc:
         raise InputError(describe_oserror(exc), path=os.fspath(path)) from None
-    return parse_json(data, os.fspath(path), limit=limit)
+    if len(data) > limit:
+        raise InputError(f"larger than {limit} bytes", path=os.fspath(path))
+    return data
+
+
+def read_json(path: str | os.PathLike[str], *, limit: int) -> object:
+    """A JSON file (a regular file, at most ``limit`` bytes), parsed as :func:`parse_json`."""
+    return parse_json(read_capped(path, limit=limit), os.fspath(path), limit=limit)
 
 
 # -- a mapped file that shrinks ---------------------------------------------------

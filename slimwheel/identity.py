@@ -26,7 +26,7 @@ from .conda_build import is_cuda_arch
 from .condapkg import package_format, read_info
 from .env import MAX_RECORD_BYTES
 from .errors import InputError
-from .files import open_regular, parse_json, read_json
+from .files import parse_json, read_capped, read_json
 
 #: The most bytes read of one metadata file (provenance, variant.json, a record).
 MAX_META_BYTES = 4 << 20
@@ -197,9 +197,11 @@ def installed_identities(site: Path) -> list[BuildIdentity]:
             _from_dist_info(
                 str(d),
                 "installed",
-                _small(meta).decode("utf-8", "replace") if meta.is_file() else "",
-                _small(prov),
-                _small(variant) if variant.is_file() else None,
+                read_capped(meta, limit=MAX_META_BYTES).decode("utf-8", "replace")
+                if meta.is_file()
+                else "",
+                read_capped(prov, limit=MAX_META_BYTES),
+                read_capped(variant, limit=MAX_META_BYTES) if variant.is_file() else None,
             )
         )
     return out
@@ -219,14 +221,6 @@ def prefix_identities(prefix: Path) -> list[BuildIdentity]:
         if ident.cuda_arch:
             out.append(ident)
     return out
-
-
-def _small(path: Path, limit: int = MAX_META_BYTES) -> bytes:
-    with open_regular(path) as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise InputError(f"larger than {limit} bytes", path=str(path))
-    return data
 
 
 def identities(target: str) -> list[BuildIdentity]:

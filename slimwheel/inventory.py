@@ -84,11 +84,12 @@ def scan_library(
                 symbols = {} if kernels else None
                 swept = 0
                 for _region, el in layout.elements:
-                    data = payload(buf, el, name=label)  # decompressed once for both
+                    data = payload(buf, el, name=label)  # decompressed and read once for both
+                    syms = element_symbols(data, el, name=label)
                     if symbols is not None:
-                        symbols[el.offset] = element_symbols(data, el, name=label)
+                        symbols[el.offset] = syms
                     if accounts is not None:
-                        accounts[el.offset] = element_sizes(data, el, label)
+                        accounts[el.offset] = element_sizes(data, el, label, syms)
                     del data
                     if progress:
                         progress(el.size)

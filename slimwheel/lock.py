@@ -40,7 +40,7 @@ from packaging.utils import (
 from packaging.version import Version
 
 from .errors import InputError
-from .files import open_regular
+from .files import open_regular, read_capped
 
 #: The most bytes of a lock file read, and of pins taken from one.
 MAX_LOCK_BYTES = 16 << 20
@@ -94,12 +94,8 @@ def _one_line(text: str) -> str:
 
 
 def _read_text(path: str) -> str:
-    with open_regular(path) as f:
-        data = f.read(MAX_LOCK_BYTES + 1)
-    if len(data) > MAX_LOCK_BYTES:
-        raise LockError(f"larger than {MAX_LOCK_BYTES} bytes", path=path)
     try:
-        return data.decode("utf-8")
+        return read_capped(path, limit=MAX_LOCK_BYTES).decode("utf-8")
     except UnicodeDecodeError:
         raise LockError("not UTF-8 text", path=path) from None
 

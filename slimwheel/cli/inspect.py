@@ -19,6 +19,7 @@ from .options import (
     human,
     make_console,
     policy_from,
+    positive_int,
     warn,
 )
 from .progress import byte_progress
@@ -47,7 +48,7 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--top",
-        type=_count,
+        type=positive_int,
         metavar="N",
         help="the N largest kernels (stored bytes, every arch), and device code by cubin "
         "section category",
@@ -59,16 +60,6 @@ def configure_parser(sub: Any) -> argparse.ArgumentParser:
     )
     add_output_options(p)
     return p
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("at least 1")
-    return n
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -158,7 +158,8 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _jobs(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An option's value that counts something: a whole number, at least 1."""
     try:
         n = int(text)
     except ValueError:
@@ -180,7 +181,7 @@ def add_jobs_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         "-j",
-        type=_jobs,
+        type=positive_int,
         default=_cores(),
         metavar="N",
         help="libraries slimmed in parallel (default: the cores this process may use)",
