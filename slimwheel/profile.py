@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -564,7 +563,10 @@ def record(
     return its exit status and the profile."""
     if not command:
         raise ProfileError("no command to profile (give it after --)")
-    with tempfile.TemporaryDirectory(prefix="slimwheel-profile-") as tmp:
+    from .write import scratch_dir
+
+    with scratch_dir("profile-") as scratch:
+        tmp = str(scratch)
         env = dict(os.environ, SLIMWHEEL_PROFILE_DIR=tmp)
         if recorder is not None:
             env["CUDA_INJECTION64_PATH"] = str(recorder)

@@ -94,6 +94,15 @@ def locked_tempdir(parent: str | os.PathLike[str], prefix: str = "") -> Iterator
 
 
 @contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A locked temporary directory in the system temp directory, removed after;
+    what killed runs left there (their directories, no longer locked) is removed first."""
+    clean_debris(tempfile.gettempdir())
+    with locked_tempdir(tempfile.gettempdir(), prefix) as path:
+        yield path
+
+
+@contextlib.contextmanager
 def staged(outdir: str | os.PathLike[str]) -> Iterator[Path]:
     """A staging directory inside ``outdir``: what is written there appears in
     ``outdir`` only when the whole block succeeds (then each file by rename).

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from ..lock import (
     read_lock,
     requirements_text,
 )
-from ..write import atomic_output, staged
+from ..write import atomic_output, scratch_dir, staged
 from .options import (
     add_jobs_option,
     add_output_options,
@@ -158,7 +157,8 @@ def execute(args: argparse.Namespace) -> int:
     plain_files = [r for r, lock in locks.items() if lock is None]
     pinned: dict[str, Pin] = {}  # wheel file name -> the pin it satisfies
     results: list[BuildResult] = []
-    with tempfile.TemporaryDirectory(prefix="slimwheel-download-") as tmp:
+    with scratch_dir("download-") as tmpdir:
+        tmp = str(tmpdir)
         if requirements or plain_files:
             pip_args = _pip_args(args) + [a for r in plain_files for a in ("-r", r)]
             wheels += download(requirements, tmp, deps=args.deps, pip_args=pip_args)

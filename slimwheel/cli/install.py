@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from typing import Any
 
 from ..env import site_dirs, slim_env
 from ..errors import InputError, UsageError
+from ..write import scratch_dir
 from .options import (
     add_jobs_option,
     add_policy_options,
@@ -59,7 +59,7 @@ def execute(args: argparse.Namespace) -> int:
         pip_args = pip_args[1:]
     if not pip_args:
         raise UsageError("usage: slimwheel install --arch GPU -- PIP_ARGS...")
-    with tempfile.TemporaryDirectory(prefix="slimwheel-install-") as tmp:
+    with scratch_dir("install-") as tmp:
         report = os.path.join(tmp, "report.json")
         proc = subprocess.run([*_pip(args.python), "install", "--report", report, *pip_args])
         if proc.returncode != 0:

@@ -293,6 +293,8 @@ def test_status_refuses_a_state_file_pointing_outside(tmp_path: Path) -> None:
 
 def _killed(args: list[str], point: str, n: int) -> int:
     env = dict(os.environ, SLIMWHEEL_TEST_KILL_AT=point, SLIMWHEEL_TEST_KILL_AFTER=str(n))
+    if "TMPDIR" in os.environ:  # set by the test: the system temp directory is checked too
+        env["TMPDIR"] = os.environ["TMPDIR"]
     return subprocess.run(
         [sys.executable, "-m", "slimwheel", *args], env=env, capture_output=True
     ).returncode
@@ -318,7 +320,9 @@ def _kill_loop(args: list[str], roots: list[Path], check: object = None) -> int:
     return kills
 
 
-def test_killed_builds_leave_no_debris(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+def test_killed_builds_leave_no_debris(
+    fixture_libs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = make_wheel(tmp_path, "demo", "1.0", {"demo/a.so": fixture_libs["many_size"].read_bytes()})
     b = make_wheel(tmp_path, "other", "1.0", {"other/b.so": fixture_libs["big"].read_bytes()})
     out, store = tmp_path / "out", tmp_path / "store"
@@ -328,7 +332,11 @@ def test_killed_builds_leave_no_debris(fixture_libs: dict[str, Path], tmp_path: 
 
     args = ["build", str(a), str(b), "--arch", "sm_90", "-o", str(out), "-q", "--jobs", "1"]
     args += ["--store", str(store)]
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(systmp))
     _kill_loop(args, [out, store / "tmp", tmp_path], check=fresh)
+    assert list(systmp.iterdir()) == [], "a killed build left its download directory"
     assert sorted(p.name for p in out.iterdir()) == [
         "demo-1.0+sm90-py3-none-linux_x86_64.whl",
         "other-1.0+sm90-py3-none-linux_x86_64.whl",

@@ -321,3 +321,23 @@ def test_profile_command_errors(
     err = capsys.readouterr().err
     assert rc == 1 and "no C compiler" in err and err.count("\n") == 1
     assert not (tmp_path / "p.json").exists()
+
+
+def test_inspect_elements_with_a_profile_match_the_schema(
+    fixture_libs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every removal reason appears in inspect's schema ("not-used" was missing)."""
+    from slimwheel.plan import Reason
+
+    schema = json.loads((REPO / "slimwheel/schemas/inspect.schema.json").read_text())
+    enum = schema["$defs"]["element"]["properties"]["reason"]["enum"]
+    assert sorted(enum) == sorted(r.value for r in Reason)
+    lib = fixture_libs["usage"]
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps(collect(str(_records(tmp_path, lib))).to_json()))
+    argv = ["inspect", str(lib), "--arch", "sm_90", "--profile", str(prof), "--elements", "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, schema)
+    reasons = {e["reason"] for e in doc["libraries"][0]["element_list"]}
+    assert "not-used" in reasons and "loaded" in reasons
