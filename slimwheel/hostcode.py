@@ -216,6 +216,25 @@ def _irelative_targets(elf: ElfFile) -> set[int]:
     return {a for a in out if a is not None and a > 0}
 
 
+def executed_functions(elf: ElfFile, uses: list[HostUse]) -> list[set[int]]:
+    """For each host record in ``uses``, the start addresses of the functions of
+    ``elf`` whose pages it ran (what the record keeps by its own runs, without the
+    entry points every plan keeps); the library is read once for all of them."""
+    ranges, names, _ifuncs = _function_ranges(elf)
+    found: list[set[int]] = [set() for _ in uses]
+    for s in candidate_sections(elf):
+        seg = _load_of(elf, s.offset, s.size)
+        assert seg is not None
+        for u in units_of(s, ranges, names):
+            if not u.function:
+                continue
+            off = seg.offset + (u.start - seg.vaddr)
+            for i, use in enumerate(uses):
+                if use.touches(off, off + (u.end - u.start)):
+                    found[i].add(u.start)
+    return found
+
+
 def plan_host(
     elf: ElfFile, use: HostUse, *, granule: int, min_hole: int, profile_digest: str
 ) -> HostPlan:

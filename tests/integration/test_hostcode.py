@@ -23,7 +23,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from slimwheel.elf import open_elf
-from slimwheel.hostcode import plan_host
+from slimwheel.hostcode import executed_functions, plan_host
 from slimwheel.hostuse import HostUse
 from slimwheel.note import NOTE_SECTION, read_note
 from slimwheel.profile import load_profile
@@ -402,3 +402,16 @@ def test_a_worker_killed_with_sigkill_keeps_what_it_ran(tmp_path: Path) -> None:
     assert got.returncode == 0 and "killed the child" in got.stdout, got.stderr
     assert page_of(d / "libhostfx.so", "fx_never") in executed_pages(profile, d / "libhostfx.so")
     assert load_profile(profile).processes == 3  # the driver, fx_child's child, the killed one
+
+
+def test_executed_functions_are_those_whose_pages_ran(tmp_path: Path) -> None:
+    """One record with fx_hot's page, one with none: fx_hot is executed in the first only."""
+    lib = build_fixture(tmp_path) / "libhostfx.so"
+    hot, _ = symbol(lib, "fx_hot")
+    with open(lib, "rb") as f:
+        text = ELFFile(f).get_section_by_name(".text")
+        off = hot - text["sh_addr"] + text["sh_offset"]
+    with open_elf(lib) as elf:
+        ran, idle = executed_functions(elf, [HostUse(4096, ((off // 4096, 1),)), HostUse(4096, ())])
+    assert hot in ran and idle == set()
+    assert all(abs(a - hot) < 2 * 4096 for a in ran), "only functions on that page (or spanning it)"

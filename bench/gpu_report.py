@@ -1,0 +1,561 @@
+"""The research tool's measurements on a GPU, for slimwheel: sizes, memory, time, identity.
+
+    python bench/gpu_report.py run [--results DIR] [--workdir DIR] [--runs 5]
+                                   [--budget SECONDS] [--workloads A,B,...] [--jobs N]
+    python bench/gpu_report.py render [--results DIR] [--docs docs/results.md]
+
+``run`` needs an NVIDIA GPU, the installed torch + nvidia-* stack and
+nvidia-ml-py. It never touches the installed environment: it copies torch/
+and nvidia/ into venvs under ``--workdir`` (tests/gpu/test_slim_env_gpu.py's
+``venv_copy``) and slims the copies with ``slimwheel slim-env``, in these
+variants:
+
+    original | arch (--arch native) | +profile (the workload's profile)
+    | +cpu (the profile with --cpu) | +strip (the same with --strip)
+
+``original`` and ``arch`` are shared by the workloads; the other three are
+made per workload from its own profile, as the research tool slims per
+workload. The steps, each written to ``--results`` when it is done, so a run
+stopped by ``--budget`` (or killed) resumes where it stopped:
+
+1. ``machine.json``: GPU, driver, CPU, kernel, torch, the stack's fingerprint
+   (results of another stack are refused);
+2. ``profiles/W.json``: ``slimwheel profile`` (device and host code) of
+   workload W under LAZY and under EAGER, merged;
+3. ``analysis/W.json``: ``slimwheel inspect --arch native --profile --cpu
+   --elements`` of the original, per library: device code bytes and
+   elements, removed ones by reason (wrong arch or unused: the research
+   tool's Figure 7), host code and functions; ``similarity.json``: Jaccard
+   similarity of the kernels launched and the host functions run between
+   workloads (their Table 4);
+4. ``sizes/W.json``: file bytes, host code and removed host code per library
+   in each variant, and slim-env's seconds;
+5. ``runs.jsonl``: each workload in each variant under
+   ``CUDA_MODULE_LOADING=LAZY`` and ``EAGER``, ``--runs`` rounds, variants
+   interleaved (their order rotates per round): wall time, time to the first
+   CUDA result, peak RSS (wait4), peak GPU memory from NVML (bench/gpu_memory.py),
+   the outputs' digest. One line per run, appended and synced.
+
+``render`` turns the raw JSON into ``docs/results.md`` and PNG charts
+(bench/report_render.py, matplotlib); it runs anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+WORKLOADS = (
+    "mobilenet_v2-infer",
+    "mobilenet_v2-train",
+    "transformer-infer",
+    "transformer-train",
+    "llama-generate",
+)
+VARIANTS = ("original", "arch", "+profile", "+cpu", "+strip")
+MODES = ("LAZY", "EAGER")
+FLAGS = {
+    "arch": (),
+    "+profile": ("--profile", "{profile}"),
+    "+cpu": ("--profile", "{profile}", "--cpu"),
+    "+strip": ("--profile", "{profile}", "--cpu", "--strip"),
+}
+RUNNER = REPO / "bench" / "report_workloads.py"
+DEFAULT_RESULTS = REPO / "bench" / "results" / "gpu-report"
+SKIPPED = 3  # report_workloads.py's exit status for a workload whose library is missing
+
+
+class OutOfTime(Exception):
+    """The budget does not allow the next step: the next invocation resumes."""
+
+
+class Clock:
+    """Starts a step only if its estimate (the longest seen for its kind) fits."""
+
+    # seen on the H200 (16 cores, torch 2.11): a run 9-19 s, a recording 150 s or more
+    DEFAULTS: ClassVar[dict[str, float]] = {
+        "copy": 20.0,
+        "slim": 45.0,
+        "profile": 240.0,
+        "analysis": 240.0,
+        "run": 20.0,
+    }
+
+    def __init__(self, budget: float) -> None:
+        self.deadline = time.monotonic() + budget
+        self.seen: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, kind: str, what: str) -> Iterator[None]:
+        guess = self.seen.get(kind, self.DEFAULTS[kind])
+        if time.monotonic() + guess > self.deadline:
+            raise OutOfTime(f"next: {what} (about {guess:.0f} s)")
+        start = time.monotonic()
+        print(f"[{time.strftime('%H:%M:%S')}] {what}", flush=True)
+        yield
+        took = time.monotonic() - start
+        self.seen[kind] = max(self.seen.get(kind, 0.0), took)
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """Atomically: a step's file exists only when the step is done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def slimwheel(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "slimwheel", *args], capture_output=True, text=True, cwd=REPO
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"slimwheel {' '.join(args)}: {proc.stderr.strip()[-3000:]}")
+    return proc.stdout
+
+
+class Report:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.results = Path(args.results)
+        self.work = Path(args.workdir)
+        self.runs = args.runs
+        self.jobs = str(args.jobs)
+        self.workloads = [w for w in args.workloads.split(",") if w]
+        for w in self.workloads:
+            if w not in WORKLOADS:
+                raise SystemExit(f"unknown workload {w!r}; one of {', '.join(WORKLOADS)}")
+        self.clock = Clock(args.budget)
+        self.store = self.work / "store"
+
+    # -- environments -----------------------------------------------------------
+
+    def env_dir(self, variant: str, workload: str) -> Path:
+        if variant in ("original", "arch"):
+            return self.work / variant
+        return self.work / workload / variant.lstrip("+")
+
+    def env(self, variant: str, workload: str) -> tuple[Path, Path]:
+        """(python, site-packages) of a variant, made (copied, slimmed) when missing."""
+        from tests.gpu.test_slim_env_gpu import venv_copy
+        from tests.helpers import venv_purelib
+
+        where = self.env_dir(variant, workload)
+        py = where / "venv" / "bin" / "python"
+        ready = where / "ready.json"
+        if ready.exists():
+            return py, venv_purelib(py)
+        shutil.rmtree(where, ignore_errors=True)
+        with self.clock.step("copy", f"copy the installed stack to {where}"):
+            py, site = venv_copy(where)
+        seconds = 0.0
+        if variant != "original":
+            profile = str(self.results / "profiles" / f"{workload}.json")
+            opts = [f.format(profile=profile) for f in FLAGS[variant]]
+            with self.clock.step("slim", f"slim-env {variant} for {workload}"):
+                t = time.monotonic()
+                slimwheel(
+                    "slim-env",
+                    "--arch",
+                    "native",
+                    *opts,
+                    "--python",
+                    str(py),
+                    "--store",
+                    str(self.store),
+                    "--jobs",
+                    self.jobs,
+                    "-q",
+                )
+                seconds = round(time.monotonic() - t, 1)
+        write_json(ready, {"variant": variant, "seconds": seconds})
+        return py, site
+
+    def drop_envs(self, workload: str) -> None:
+        shutil.rmtree(self.work / workload, ignore_errors=True)
+
+    # -- 1. machine -------------------------------------------------------------
+
+    def machine(self) -> None:
+        from bench.gpu_memory import GpuMemory
+        from slimwheel.store import file_sha256
+        from tests.gpu.test_torch_stack_gpu import installed_site
+
+        site = installed_site()
+        key = [site / "torch/lib/libtorch_cuda.so", site / "nvidia/cu13/lib/libcublasLt.so.13"]
+        fingerprint = {str(p.relative_to(site)): file_sha256(p) for p in key if p.exists()}
+        path = self.results / "machine.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old["stack"] != fingerprint:
+                raise SystemExit(
+                    f"{path}: results of another stack ({old['stack']}); use another --results"
+                )
+            return
+        import torch  # type: ignore[import-not-found, unused-ignore]
+
+        cpu = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        versions = {}
+        for dist in ("torch", "torchvision", "transformers", "nvidia-cublas", "nvidia-cudnn-cu13"):
+            with contextlib.suppress(Exception):
+                from importlib.metadata import version
+
+                versions[dist] = version(dist)
+        write_json(
+            path,
+            {
+                **GpuMemory.describe(),
+                "cpu": cpu,
+                "cores": os.cpu_count(),
+                "kernel": platform.release(),
+                "glibc": platform.libc_ver()[1],
+                "python": platform.python_version(),
+                "cuda_runtime": torch.version.cuda,
+                "versions": versions,
+                "stack": fingerprint,
+            },
+        )
+
+    # -- 2. profiles ------------------------------------------------------------
+
+    def profile(self, workload: str) -> None:
+        """One step per mode (a recording can take minutes: with host recording every
+        library is read again from disk, page by page); the parts are kept in
+        ``profiles/parts/`` until both exist, then merged."""
+        path = self.results / "profiles" / f"{workload}.json"
+        if path.exists() or path.with_suffix(".skipped").exists():
+            return
+        parts_dir = self.results / "profiles" / "parts"
+        seconds_file = self.results / "profiles" / f"{workload}.seconds.json"
+        seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
+        parts = []
+        for mode in MODES:
+            part = parts_dir / f"{workload}-{mode}.json"
+            parts.append(str(part))
+            if part.exists():
+                continue
+            py, _site = self.env("original", workload)
+            with self.clock.step("profile", f"profile {workload} under {mode}"):
+                parts_dir.mkdir(parents=True, exist_ok=True)
+                out = self.work / f"{workload}-{mode}.out.json"
+                tmp = part.with_name(f".{part.name}.tmp")
+                cmd = [sys.executable, "-m", "slimwheel", "profile", "-o", str(tmp), "--",
+                       str(py), str(RUNNER), workload, "--out", str(out)]  # fmt: skip
+                t = time.monotonic()
+                proc = subprocess.run(
+                    cmd, env=dict(os.environ, CUDA_MODULE_LOADING=mode), capture_output=True,
+                    text=True, cwd=REPO,
+                )  # fmt: skip
+                if proc.returncode == SKIPPED:
+                    write_json(path.with_suffix(".skipped"), json.loads(out.read_text()))
+                    return
+                if proc.returncode != 0:
+                    raise SystemExit(f"profile {workload} {mode}: {proc.stderr[-3000:]}")
+                seconds[mode] = round(time.monotonic() - t, 1)
+                write_json(seconds_file, seconds)
+                os.replace(tmp, part)
+        tmp = path.with_name(f".{path.name}.tmp")
+        slimwheel("profile", "merge", *parts, "-o", str(tmp))
+        os.replace(tmp, path)
+        for part_path in parts:
+            os.unlink(part_path)
+
+    def available(self, workload: str) -> bool:
+        return not (self.results / "profiles" / f"{workload}.skipped").exists()
+
+    # -- 3. analysis ------------------------------------------------------------
+
+    def analysis(self, workloads: list[str]) -> None:
+        todo = [w for w in workloads if not (self.results / "analysis" / f"{w}.json").exists()]
+        sim = self.results / "similarity.json"
+        if not todo and sim.exists():
+            return
+        _py, site = self.env("original", workloads[0])
+        with self.clock.step(
+            "analysis", f"inspect the original for {', '.join(todo) or '-'}; similarity"
+        ):
+            with ProcessPoolExecutor(max_workers=min(len(todo) or 1, os.cpu_count() or 1)) as ex:
+                docs = ex.map(_analyse, [(str(site), str(self.results), w) for w in todo])
+                for w, doc in zip(todo, docs, strict=True):
+                    write_json(self.results / "analysis" / f"{w}.json", doc)
+            write_json(sim, similarity(site, self.results, workloads, int(self.jobs)))
+
+    # -- 4. sizes, 5. runs ------------------------------------------------------
+
+    def sizes(self, workload: str) -> None:
+        from bench.bench_hostcode import library_sizes
+
+        path = self.results / "sizes" / f"{workload}.json"
+        if path.exists():
+            return
+        doc: dict[str, Any] = {"workload": workload, "variants": {}}
+        for v in VARIANTS:
+            _py, site = self.env(v, workload)
+            ready = json.loads((self.env_dir(v, workload) / "ready.json").read_text())
+            doc["variants"][v] = {"seconds": ready["seconds"], "libraries": library_sizes(site)}
+        write_json(path, doc)
+
+    def done_runs(self) -> set[tuple[str, str, str, int]]:
+        path = self.results / "runs.jsonl"
+        done = set()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError):
+                    r = json.loads(line)
+                    done.add((r["workload"], r["variant"], r["mode"], r["round"]))
+        return done
+
+    def measure(self, workload: str) -> None:
+        from bench.gpu_memory import GpuMemory
+
+        done = self.done_runs()
+        gpu = GpuMemory()
+        for rnd in range(self.runs):
+            order = VARIANTS[rnd % len(VARIANTS) :] + VARIANTS[: rnd % len(VARIANTS)]
+            for mode in MODES:
+                for v in order:
+                    if (workload, v, mode, rnd) in done:
+                        continue
+                    py, _site = self.env(v, workload)
+                    with self.clock.step("run", f"{workload} {v} {mode} round {rnd + 1}"):
+                        row = run_once(py, workload, mode, gpu)
+                    row.update(workload=workload, variant=v, mode=mode, round=rnd)
+                    append_line(self.results / "runs.jsonl", row)
+
+    def run(self) -> None:
+        self.machine()
+        for w in self.workloads:
+            self.profile(w)
+        ready = [w for w in self.workloads if self.available(w)]
+        self.analysis(ready)
+        for w in ready:
+            self.sizes(w)
+            self.measure(w)
+            self.drop_envs(w)
+
+
+def append_line(path: Path, row: dict[str, Any]) -> None:
+    """One line, synced; a line a killed run left half-written is ended first (and
+    then skipped by readers: that run is measured again)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(json.dumps(row, sort_keys=True).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_once(py: Path, workload: str, mode: str, gpu: Any) -> dict[str, Any]:
+    """One fresh process: its wall time, peak RSS and GPU memory, and what it reported."""
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"slimwheel-report-{os.getpid()}.json"
+    out.unlink(missing_ok=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CUDA_INJECTION64_PATH", "LD_AUDIT", "LD_PRELOAD")
+    }
+    env["CUDA_MODULE_LOADING"] = mode
+    t0 = time.time()
+    env["SLIMWHEEL_REPORT_T0"] = repr(t0)
+    err = out.with_suffix(".err")
+    with open(err, "wb") as errf:  # a file, not a pipe: a chatty process never blocks
+        proc = subprocess.Popen(
+            [str(py), str(RUNNER), workload, "--out", str(out)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errf,
+        )
+        with gpu.watch(proc.pid):
+            _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = err.read_text(errors="replace")
+    err.unlink()
+    rc = os.waitstatus_to_exitcode(status)
+    row: dict[str, Any] = {
+        "rc": rc,
+        "wall_s": round(wall, 4),
+        "rss_bytes": usage.ru_maxrss * 1024,
+        "gpu_process_bytes": gpu.process,
+        "gpu_device_bytes": gpu.device,
+        "gpu_how": gpu.how,
+        "gpu_samples": gpu.samples,
+    }
+    if rc == 0:
+        rep = json.loads(out.read_text())
+        row.update(
+            first_s=rep["first_s"], work_s=rep["work_s"], digest=rep["digest"], detail=rep["detail"]
+        )
+    else:
+        row["error"] = stderr.strip().splitlines()[-1][:500] if stderr.strip() else f"exit {rc}"
+    out.unlink(missing_ok=True)
+    return row
+
+
+# -- analysis helpers (run in worker processes) ---------------------------------
+
+ARCH_REASONS = ("wrong-arch", "superseded", "ptx-not-needed")
+
+
+def _analyse(job: tuple[str, str, str]) -> dict[str, Any]:
+    site, results, workload = job
+    profile = Path(results) / "profiles" / f"{workload}.json"
+    doc = json.loads(
+        slimwheel(
+            "inspect",
+            site,
+            "--arch",
+            "native",
+            "--profile",
+            str(profile),
+            "--cpu",
+            "--elements",
+            "--json",
+            "-q",
+        )
+    )
+    libs: dict[str, Any] = {}
+    for lib in doc["libraries"]:
+        removed: dict[str, list[int]] = {}
+        for el in lib.get("element_list") or []:
+            if not el["keep"]:
+                r = removed.setdefault(el["reason"], [0, 0])
+                r[0] += 1
+                r[1] += el["stored_bytes"] + el["header_bytes"]
+        libs[lib["name"]] = {
+            "file_bytes": lib["file_bytes"],
+            "device_bytes": lib["device_code_bytes"],
+            "elements": lib["elements"],
+            "removed": removed,
+            "removable": lib["removable"],
+            "host": lib["host_code"],
+        }
+    prof = json.loads(profile.read_text())
+    loaded = sorted(
+        {
+            e["site_relative"]
+            for e in prof["libraries"]
+            if e.get("site_relative")
+            and e["site_relative"].startswith(("torch/", "nvidia/"))
+            and e.get("host")
+        }
+    )
+    return {
+        "workload": workload,
+        "profile": profile.name,
+        "libraries": libs,
+        "loaded": loaded,
+        "kernels_launched": sum(len(e.get("kernels") or []) for e in prof["libraries"]),
+    }
+
+
+def _functions(job: tuple[str, list[Any]]) -> list[list[int]]:
+    """For one library: pairwise |A & B| of the functions each workload ran (the
+    diagonal holds |A|)."""
+    from slimwheel.elf import open_elf
+    from slimwheel.hostcode import executed_functions
+    from slimwheel.hostuse import HostUse
+
+    path, hosts = job
+    uses = [HostUse.from_json(h, path) if h else HostUse(4096, ()) for h in hosts]
+    with open_elf(path) as elf:
+        sets = executed_functions(elf, uses)
+    return [[len(a & b) for b in sets] for a in sets]
+
+
+def _jaccard(inter: list[list[int]]) -> list[list[float | None]]:
+    n = len(inter)
+    out: list[list[float | None]] = []
+    for i in range(n):
+        row: list[float | None] = []
+        for j in range(n):
+            union = inter[i][i] + inter[j][j] - inter[i][j]
+            row.append(round(inter[i][j] / union, 4) if union else None)
+        out.append(row)
+    return out
+
+
+def similarity(site: Path, results: Path, workloads: list[str], jobs: int) -> dict[str, Any]:
+    profiles = [json.loads((results / "profiles" / f"{w}.json").read_text()) for w in workloads]
+    kernels = [
+        {(e["sha256"], k) for e in p["libraries"] for k in e.get("kernels") or []} for p in profiles
+    ]
+    kinter = [[len(a & b) for b in kernels] for a in kernels]
+    by_sha: dict[str, tuple[str, list[Any]]] = {}
+    for i, p in enumerate(profiles):
+        for e in p["libraries"]:
+            rel = e.get("site_relative")
+            if not e.get("host") or not rel or not (site / rel).is_file():
+                continue
+            entry = by_sha.setdefault(e["sha256"], (str(site / rel), [None] * len(profiles)))
+            entry[1][i] = e["host"]
+    n = len(workloads)
+    finter = [[0] * n for _ in range(n)]
+    with ProcessPoolExecutor(max_workers=jobs) as ex:
+        for m in ex.map(_functions, sorted(by_sha.values())):
+            for i in range(n):
+                for j in range(n):
+                    finter[i][j] += m[i][j]
+    return {
+        "workloads": workloads,
+        "kernels": {"counts": [kinter[i][i] for i in range(n)], "jaccard": _jaccard(kinter)},
+        "functions": {"counts": [finter[i][i] for i in range(n)], "jaccard": _jaccard(finter)},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--results", default=str(DEFAULT_RESULTS))
+    r.add_argument("--workdir", default="/tmp/slimwheel-report")
+    r.add_argument("--runs", type=int, default=5)
+    r.add_argument("--budget", type=float, default=540.0, help="seconds; then stop to resume")
+    r.add_argument("--workloads", default=",".join(WORKLOADS))
+    r.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    d = sub.add_parser("render")
+    d.add_argument("--results", default=str(DEFAULT_RESULTS))
+    d.add_argument("--docs", default=str(REPO / "docs" / "results.md"))
+    args = ap.parse_args()
+    if args.command == "render":
+        from bench.report_render import render
+
+        render(Path(args.results), Path(args.docs))
+        return
+    try:
+        Report(args).run()
+    except OutOfTime as exc:
+        print(f"stopped for the budget; run again to resume. {exc}")
+        return
+    print("all steps done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""bench/report_render.py: docs/results.md from gpu_report's raw JSON (here a small
+results directory written by the test), byte-identical when rendered twice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.report_render import render
+
+pytest.importorskip("matplotlib")
+
+
+def _results(root: Path, *, flaky_original: bool = False) -> Path:
+    r = root / "bench" / "results" / "gpu-report"
+    (r / "profiles").mkdir(parents=True)
+    (r / "profiles" / "mobilenet_v2-infer.json").write_text("{}")
+    (r / "profiles" / "mobilenet_v2-infer.seconds.json").write_text('{"LAZY": 150.2, "EAGER": 160}')
+    (r / "profiles" / "llama-generate.skipped").write_text(
+        json.dumps({"skipped": "transformers is not installed"})
+    )
+    (r / "machine.json").write_text(json.dumps({
+        "gpu": "NVIDIA H200", "gpus": 1, "driver": "580.1", "memory_bytes": 150_000_000_000,
+        "cuda_runtime": "13.0", "cpu": "a CPU", "cores": 16, "kernel": "6.18", "glibc": "2.39",
+        "python": "3.12.3", "versions": {"torch": "2.11.0"}, "measured_at": "2026-12-02",
+        "stack": {},
+    }))  # fmt: skip
+    lib = "torch/lib/libtorch_cuda.so"
+    other = "nvidia/cu13/lib/libcublasLt.so.13"
+    sizes = {  # file bytes, host code, host code removed, functions removed
+        "original": {lib: [400, 100, 0, 0], other: [600, 200, 0, 0]},
+        "arch": {lib: [200, 100, 0, 0], other: [300, 200, 0, 0]},
+        "+profile": {lib: [150, 100, 0, 0], other: [250, 200, 0, 0]},
+        "+cpu": {lib: [100, 100, 50, 7], other: [150, 200, 100, 9]},
+        "+strip": {lib: [80, 100, 50, 7], other: [150, 200, 100, 9]},
+    }
+    (r / "sizes").mkdir()
+    (r / "sizes" / "mobilenet_v2-infer.json").write_text(json.dumps({
+        "workload": "mobilenet_v2-infer",
+        "variants": {v: {"seconds": 1.0, "libraries": libs} for v, libs in sizes.items()},
+    }))  # fmt: skip
+    (r / "analysis").mkdir()
+    (r / "analysis" / "mobilenet_v2-infer.json").write_text(json.dumps({
+        "workload": "mobilenet_v2-infer", "profile": "x", "loaded": [lib], "kernels_launched": 3,
+        "libraries": {
+            lib: {"file_bytes": 400, "device_bytes": 300, "elements": 10, "removable": None,
+                  "removed": {"wrong-arch": [6, 150], "not-used": [2, 75]}, "host": None},
+            other: {"file_bytes": 600, "device_bytes": 100, "elements": 4, "removable": None,
+                    "removed": {"superseded": [1, 25]}, "host": None},
+        },
+    }))  # fmt: skip
+    (r / "similarity.json").write_text(json.dumps({
+        "workloads": ["mobilenet_v2-infer"],
+        "kernels": {"counts": [3], "jaccard": [[1.0]]},
+        "functions": {"counts": [100], "jaccard": [[1.0]]},
+    }))  # fmt: skip
+    rows = []
+    for rnd in range(5):
+        for mode in ("LAZY", "EAGER"):
+            for i, v in enumerate(("original", "arch", "+profile", "+cpu", "+strip")):
+                digest = "d"
+                if flaky_original and v == "original" and rnd == 4:
+                    digest = "e"
+                rows.append({
+                    "workload": "mobilenet_v2-infer", "variant": v, "mode": mode, "round": rnd,
+                    "rc": 0, "wall_s": 10.0 - i, "first_s": 2.0, "work_s": 1.0,
+                    "rss_bytes": 1_000_000_000 - i * 100_000_000, "gpu_process_bytes": 2e9,
+                    "gpu_device_bytes": 2e9, "gpu_how": "pid", "gpu_samples": 10,
+                    "digest": digest, "detail": {},
+                })  # fmt: skip
+    (r / "runs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    return r
+
+
+def test_render_tables_and_charts(tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    render(results, docs)
+    text = docs.read_text()
+    assert "from the raw JSON in `bench/results/gpu-report/`" in text
+    assert "- llama-generate: not run (transformers is not installed)" in text
+    assert "- mobilenet_v2-infer: profile (recorded in 160 s EAGER, 150 s LAZY), analysis" in text
+    assert "at least 5 of 5 per mode and variant (50 in all)" in text
+    # total 1000 -> 500 (arch) -> 230 (+strip); host 300 -> 150 after --cpu, 16 functions
+    assert "| +strip | 0.0 MB (-77.0%) |" in text
+    assert "0.0 MB (-50.0%, 16)" in text
+    # device code 400 B, 14 elements: arch removes 175 B / 7, the profile 75 B / 2
+    assert "0.0 MB (-43.8%), 7 (-50.0%)" in text  # arch
+    assert "0.0 MB (-62.5%), 5 (-64.3%)" in text  # +profile and after
+    assert "| mobilenet_v2-infer | 0.0 MB | 0.0 MB (70.0%) | 0.0 MB (30.0%) |" in text
+    # wall time 10 s -> 6 s for +strip, every output identical
+    assert "| mobilenet_v2-infer | EAGER | +strip | 5 | 6.00 [6.00-6.00] -40.0% |" in text
+    assert text.count("| 5/5 |") == 10
+    assert "| total file size | -55.0% | -75.0% | -77.0% |" in text
+    charts = sorted(p.name for p in (docs.parent / "results").iterdir())
+    assert charts == ["gpu_memory.png", "pareto.png", "removed_kind.png", "rss.png",
+                      "sizes.png", "time.png"]  # fmt: skip
+    before = {p.name: p.read_bytes() for p in (docs.parent / "results").iterdir()}
+    render(results, docs)
+    assert docs.read_text() == text
+    assert {p.name: p.read_bytes() for p in (docs.parent / "results").iterdir()} == before
+
+
+def test_an_original_that_differs_from_itself_is_reported(tmp_path: Path) -> None:
+    results = _results(tmp_path, flaky_original=True)
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    render(results, docs)
+    text = docs.read_text()
+    assert "original differs between its runs" in text
+    assert "| 5/5 |" not in text
