@@ -143,6 +143,8 @@ class Report:
             if w not in WORKLOADS:
                 raise SystemExit(f"unknown workload {w!r}; one of {', '.join(WORKLOADS)}")
         self.clock = Clock(args.budget)
+        self.arch = args.arch
+        self.device = args.device
         self.store = self.work / "store"
 
     # -- environments -----------------------------------------------------------
@@ -171,19 +173,11 @@ class Report:
             opts = [f.format(profile=profile) for f in FLAGS[variant]]
             with self.clock.step("slim", f"slim-env {variant} for {workload}"):
                 t = time.monotonic()
-                slimwheel(
-                    "slim-env",
-                    "--arch",
-                    "native",
-                    *opts,
-                    "--python",
-                    str(py),
-                    "--store",
-                    str(self.store),
-                    "--jobs",
-                    self.jobs,
-                    "-q",
-                )
+                # No backups (these copies are never restored); a store per workload,
+                # removed with its environments (slimmed libraries are GBs each).
+                store = self.store if variant == "arch" else self.work / workload / "store"
+                slimwheel("slim-env", "--arch", self.arch, *opts, "--python", str(py),
+                          "--store", str(store), "--jobs", self.jobs, "--no-backup")  # fmt: skip
                 seconds = round(time.monotonic() - t, 1)
         write_json(ready, {"variant": variant, "seconds": seconds})
         return py, site
@@ -264,7 +258,8 @@ class Report:
                 out = self.work / f"{workload}-{mode}.out.json"
                 tmp = part.with_name(f".{part.name}.tmp")
                 cmd = [sys.executable, "-m", "slimwheel", "profile", "-o", str(tmp), "--",
-                       str(py), str(RUNNER), workload, "--out", str(out)]  # fmt: skip
+                       str(py), str(RUNNER), workload, "--out", str(out),
+                       "--device", self.device]  # fmt: skip
                 t = time.monotonic()
                 proc = subprocess.run(
                     cmd, env=dict(os.environ, CUDA_MODULE_LOADING=mode), capture_output=True,
@@ -299,7 +294,8 @@ class Report:
             "analysis", f"inspect the original for {', '.join(todo) or '-'}; similarity"
         ):
             with ProcessPoolExecutor(max_workers=min(len(todo) or 1, os.cpu_count() or 1)) as ex:
-                docs = ex.map(_analyse, [(str(site), str(self.results), w) for w in todo])
+                jobs = [(str(site), str(self.results), w, self.arch) for w in todo]
+                docs = ex.map(_analyse, jobs)
                 for w, doc in zip(todo, docs, strict=True):
                     write_json(self.results / "analysis" / f"{w}.json", doc)
             write_json(sim, similarity(site, self.results, workloads, int(self.jobs)))
@@ -333,7 +329,7 @@ class Report:
         from bench.gpu_memory import GpuMemory
 
         done = self.done_runs()
-        gpu = GpuMemory()
+        gpu = GpuMemory() if self.device == "cuda" else None
         for rnd in range(self.runs):
             order = VARIANTS[rnd % len(VARIANTS) :] + VARIANTS[: rnd % len(VARIANTS)]
             for mode in MODES:
@@ -342,7 +338,7 @@ class Report:
                         continue
                     py, _site = self.env(v, workload)
                     with self.clock.step("run", f"{workload} {v} {mode} round {rnd + 1}"):
-                        row = run_once(py, workload, mode, gpu)
+                        row = run_once(py, workload, mode, gpu, self.device)
                     row.update(workload=workload, variant=v, mode=mode, round=rnd)
                     append_line(self.results / "runs.jsonl", row)
 
@@ -372,7 +368,7 @@ def append_line(path: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def run_once(py: Path, workload: str, mode: str, gpu: Any) -> dict[str, Any]:
+def run_once(py: Path, workload: str, mode: str, gpu: Any, device: str = "cuda") -> dict[str, Any]:
     """One fresh process: its wall time, peak RSS and GPU memory, and what it reported."""
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"slimwheel-report-{os.getpid()}.json"
     out.unlink(missing_ok=True)
@@ -387,12 +383,12 @@ def run_once(py: Path, workload: str, mode: str, gpu: Any) -> dict[str, Any]:
     err = out.with_suffix(".err")
     with open(err, "wb") as errf:  # a file, not a pipe: a chatty process never blocks
         proc = subprocess.Popen(
-            [str(py), str(RUNNER), workload, "--out", str(out)],
+            [str(py), str(RUNNER), workload, "--out", str(out), "--device", device],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=errf,
         )
-        with gpu.watch(proc.pid):
+        with gpu.watch(proc.pid) if gpu is not None else contextlib.nullcontext():
             _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -403,10 +399,10 @@ def run_once(py: Path, workload: str, mode: str, gpu: Any) -> dict[str, Any]:
         "rc": rc,
         "wall_s": round(wall, 4),
         "rss_bytes": usage.ru_maxrss * 1024,
-        "gpu_process_bytes": gpu.process,
-        "gpu_device_bytes": gpu.device,
-        "gpu_how": gpu.how,
-        "gpu_samples": gpu.samples,
+        "gpu_process_bytes": gpu.process if gpu else None,
+        "gpu_device_bytes": gpu.device if gpu else None,
+        "gpu_how": gpu.how if gpu else None,
+        "gpu_samples": gpu.samples if gpu else None,
     }
     if rc == 0:
         rep = json.loads(out.read_text())
@@ -424,15 +420,15 @@ def run_once(py: Path, workload: str, mode: str, gpu: Any) -> dict[str, Any]:
 ARCH_REASONS = ("wrong-arch", "superseded", "ptx-not-needed")
 
 
-def _analyse(job: tuple[str, str, str]) -> dict[str, Any]:
-    site, results, workload = job
+def _analyse(job: tuple[str, str, str, str]) -> dict[str, Any]:
+    site, results, workload, arch = job
     profile = Path(results) / "profiles" / f"{workload}.json"
     doc = json.loads(
         slimwheel(
             "inspect",
             site,
             "--arch",
-            "native",
+            arch,
             "--profile",
             str(profile),
             "--cpu",
@@ -519,7 +515,7 @@ def similarity(site: Path, results: Path, workloads: list[str], jobs: int) -> di
     n = len(workloads)
     finter = [[0] * n for _ in range(n)]
     with ProcessPoolExecutor(max_workers=jobs) as ex:
-        for m in ex.map(_functions, sorted(by_sha.values())):
+        for m in ex.map(_functions, sorted(by_sha.values(), key=lambda e: e[0])):
             for i in range(n):
                 for j in range(n):
                     finter[i][j] += m[i][j]
@@ -540,6 +536,10 @@ def main() -> None:
     r.add_argument("--budget", type=float, default=540.0, help="seconds; then stop to resume")
     r.add_argument("--workloads", default=",".join(WORKLOADS))
     r.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    r.add_argument("--arch", default="native", help="what slim-env keeps (another GPU: sm_90)")
+    r.add_argument(
+        "--device", default="cuda", help="cpu: a dry run of the steps without a GPU (no NVML)"
+    )
     d = sub.add_parser("render")
     d.add_argument("--results", default=str(DEFAULT_RESULTS))
     d.add_argument("--docs", default=str(REPO / "docs" / "results.md"))
