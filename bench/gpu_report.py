@@ -188,7 +188,6 @@ class Report:
     # -- 1. machine -------------------------------------------------------------
 
     def machine(self) -> None:
-        from bench.gpu_memory import GpuMemory
         from slimwheel.store import file_sha256
         from tests.gpu.test_torch_stack_gpu import installed_site
 
@@ -222,7 +221,7 @@ class Report:
         write_json(
             path,
             {
-                **GpuMemory.describe(),
+                **(gpu_description() if self.device == "cuda" else no_gpu()),
                 "cpu": cpu,
                 "cores": os.cpu_count(),
                 "kernel": platform.release(),
@@ -326,10 +325,12 @@ class Report:
         return done
 
     def measure(self, workload: str) -> None:
-        from bench.gpu_memory import GpuMemory
-
         done = self.done_runs()
-        gpu = GpuMemory() if self.device == "cuda" else None
+        gpu = None
+        if self.device == "cuda":
+            from bench.gpu_memory import GpuMemory
+
+            gpu = GpuMemory()
         for rnd in range(self.runs):
             order = VARIANTS[rnd % len(VARIANTS) :] + VARIANTS[: rnd % len(VARIANTS)]
             for mode in MODES:
@@ -352,6 +353,18 @@ class Report:
             self.sizes(w)
             self.measure(w)
             self.drop_envs(w)
+
+
+def gpu_description() -> dict[str, Any]:
+    from bench.gpu_memory import GpuMemory
+
+    return GpuMemory.describe()
+
+
+def no_gpu() -> dict[str, Any]:
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    return {"gpu": "none (--device cpu)", "gpus": 0, "driver": "-", "memory_bytes": 0,
+            "measured_at": day}  # fmt: skip
 
 
 def append_line(path: Path, row: dict[str, Any]) -> None:

@@ -84,7 +84,8 @@ def load(results: Path) -> dict[str, Any]:
 
 
 def size_rows(sizes: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """variant -> totals: file bytes, host code, host code removed, functions removed."""
+    """variant -> totals: file bytes, host code (the executable sections left in the
+    files), host code removed and functions removed (from the libraries' notes)."""
     out = {}
     for v, doc in sizes["variants"].items():
         libs = doc["libraries"].values()
@@ -134,7 +135,7 @@ def table_sizes(data: dict[str, Any]) -> list[str]:
             if r is None:
                 continue
             files = f"{r['files']} ({len(a['loaded'])})" if a and v == "original" else ""
-            left = r["host"] - r["host_removed"]
+            left = r["host"]  # a slimmed file's executable sections are what is left
             host = f"{mb(left)} ({pct(left, o['host'])}"
             host += f", {r['functions_removed']:,})" if r["functions_removed"] else ")"
             if dev is None:
@@ -217,6 +218,11 @@ def identity(group: list[dict[str, Any]], reference: list[dict[str, Any]]) -> st
     return text + (f" ({failed} failed)" if failed else "")
 
 
+def values(runs: list[dict[str, Any]], key: str) -> list[float]:
+    """``key`` of the runs that succeeded and measured it (no GPU memory without NVML)."""
+    return [float(r[key]) for r in runs if r["rc"] == 0 and r.get(key) is not None]
+
+
 def spread(values: list[float], unit: float, fmt: str) -> str:
     if not values:
         return "-"
@@ -237,10 +243,12 @@ def measure(
     ok: list[dict[str, Any]], base: list[dict[str, Any]], key: str, unit: float, fmt: str
 ) -> str:
     """Median [min-max] of ``key`` over the runs, and the median's change against ``base``."""
-    vals = [float(r[key]) for r in ok]
+    vals = values(ok, key)
     cell = spread(vals, unit, fmt)
     if vals and base:
-        cell += " " + pct(statistics.median(vals), statistics.median(float(r[key]) for r in base))
+        old = values(base, key)
+        if old:
+            cell += " " + pct(statistics.median(vals), statistics.median(old))
     return cell
 
 
@@ -286,7 +294,7 @@ def goals(data: dict[str, Any], workload: str = "mobilenet_v2-infer") -> list[st
             r = rows.get(v)
             if r:
                 ours["total file size"][v] = pct(r["bytes"], rows["original"]["bytes"])
-                ours["host code"][v] = pct(r["host"] - r["host_removed"], rows["original"]["host"])
+                ours["host code"][v] = pct(r["host"], rows["original"]["host"])
     if a:
         t = device_totals(a)
         left = t["bytes"] - t.get("arch_bytes", 0) - t.get("unused_bytes", 0)
@@ -298,9 +306,9 @@ def goals(data: dict[str, Any], workload: str = "mobilenet_v2-infer") -> list[st
         ("time", "wall_s"),
     ):
         for mode in MODES:
-            base = [float(r[key]) for r in g.get((workload, mode, "original"), []) if r["rc"] == 0]
+            base = values(g.get((workload, mode, "original"), []), key)
             for v in ("+cpu", "+strip"):
-                vals = [float(r[key]) for r in g.get((workload, mode, v), []) if r["rc"] == 0]
+                vals = values(g.get((workload, mode, v), []), key)
                 if base and vals:
                     ours[f"{name} ({mode})"][v] = pct(
                         statistics.median(vals), statistics.median(base)
@@ -421,15 +429,15 @@ def charts(data: dict[str, Any], where: Path) -> list[str]:
             ("rss_bytes", 1e6, "peak RSS (MB)", "rss.png"),
             ("gpu_process_bytes", 1e6, "peak GPU memory (MB)", "gpu_memory.png"),
         ):
+            if not any(values(rs, key) for rs in g.values()):
+                continue  # not measured (GPU memory without NVML)
             fig, axes = plt.subplots(1, len(MODES), figsize=(11, 4), sharey=True)
             width = 0.8 / len(VARIANTS)
             for ax, mode in zip(axes, MODES, strict=True):
                 for i, v in enumerate(VARIANTS):
                     meds, lo, hi = [], [], []
                     for w in ws:
-                        vals = [
-                            float(r[key]) / unit for r in g.get((w, mode, v), []) if r["rc"] == 0
-                        ]
+                        vals = [x / unit for x in values(g.get((w, mode, v), []), key)]
                         m = statistics.median(vals) if vals else 0.0
                         meds.append(m)
                         lo.append(m - min(vals) if vals else 0.0)
