@@ -28,6 +28,7 @@ import posixpath
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,18 @@ ZSTD_LEVEL = 12
 BZ2_LEVEL = 9
 _CHUNK = 1 << 20
 #: What a malformed archive raises while it is read.
-_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zstandard.ZstdError, EOFError)
+# Reading (not writing): damaged archives, and zip members that are encrypted
+# (RuntimeError) or use a compression method Python does not have.
+_ARCHIVE_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zstandard.ZstdError,
+    EOFError,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+)
 
 
 class CondaPackageError(InputError):

@@ -14,11 +14,26 @@ import fcntl
 import json
 import os
 import stat
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
 from .errors import InputError
+
+#: What reading a zip archive and its members raises on bad input: a damaged archive
+#: or member (BadZipFile, zlib.error, EOFError, OSError), an encrypted member
+#: (RuntimeError), a compression method Python does not have (NotImplementedError).
+ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    EOFError,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+)
 
 _KIND = {
     stat.S_IFDIR: "a directory",

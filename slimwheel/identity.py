@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import zipfile
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from .conda_build import is_cuda_arch
 from .condapkg import package_format, read_info
 from .env import MAX_RECORD_BYTES
 from .errors import InputError
-from .files import parse_json, read_capped, read_json
+from .files import ZIP_ERRORS, parse_json, read_capped, read_json
 
 #: The most bytes read of one metadata file (provenance, variant.json, a record).
 MAX_META_BYTES = 4 << 20
@@ -140,7 +139,7 @@ def wheel_identity(path: str) -> BuildIdentity:
                 _read_member(zf, f"{d}/{PROVENANCE}", path),
                 _read_member(zf, f"{d}/variant.json", path),
             )
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, zlib.error) as exc:
+    except ZIP_ERRORS as exc:
         raise InputError(f"not a readable wheel ({exc})", path=path) from None
 
 

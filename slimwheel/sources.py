@@ -23,7 +23,7 @@ from pathlib import Path
 from .condapkg import iter_files, package_format
 from .elf import ELF_MAGIC, is_elf
 from .errors import InputError
-from .files import check_regular
+from .files import ZIP_ERRORS, check_regular
 
 # Members of these kinds are never ELF libraries; skip opening them.
 _TEXT_SUFFIXES = (".py", ".pyi", ".pyc", ".txt", ".md", ".json", ".h", ".hpp", ".cuh", ".typed")
@@ -105,7 +105,7 @@ def extract_member(wheel: str, member: str, tmpdir: str | None = None) -> Iterat
         try:
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except ZIP_ERRORS as exc:
             raise InputError(f"member {member}: unreadable ({exc})", path=wheel) from None
         yield dest
 
@@ -126,7 +126,7 @@ def _wheel_libraries(wheel: str) -> list[LibrarySource]:
                     )
                 )
             return out
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except ZIP_ERRORS as exc:
         raise InputError(f"not a readable wheel ({exc})", path=wheel) from None
 
 

@@ -41,7 +41,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .errors import InputError
-from .files import open_regular
+from .files import ZIP_ERRORS, open_regular
 from .write import atomic_output
 
 DEFLATE_LEVEL = 6
@@ -150,7 +150,7 @@ def open_wheel(path: str, *, check_hashes: bool = True) -> WheelInfo:
     archive = open_regular(path)
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except ZIP_ERRORS as exc:
         archive.close()
         raise WheelError(f"not a readable zip archive ({exc})", path=path) from None
     with archive, zf:
@@ -205,7 +205,7 @@ def open_wheel(path: str, *, check_hashes: bool = True) -> WheelInfo:
                     continue
                 try:
                     digest, size = _hash_member(zf, info)
-                except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+                except ZIP_ERRORS as exc:
                     problems.append(f"member {info.filename}: unreadable ({exc})")
                     continue
                 algo, _, _ = entry.hash.partition("=")
@@ -227,12 +227,15 @@ def _version(text: str) -> Version | None:
         return None
 
 
+_MEMBER_ERRORS: tuple[type[BaseException], ...] = (*ZIP_ERRORS, KeyError)  # KeyError: absent
+
+
 def read_text_member(zf: zipfile.ZipFile, name: str, limit: int, where: str) -> str:
     """A small text member (UTF-8, at most ``limit`` bytes once inflated)."""
     try:
         with zf.open(name) as f:
             data = f.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError) as exc:
+    except _MEMBER_ERRORS as exc:
         raise WheelError(f"cannot read {name} ({exc})", path=where) from None
     if len(data) > limit:
         raise WheelError(f"{name} is larger than {limit} bytes", path=where)

@@ -786,3 +786,28 @@ def test_setuid_bits_are_not_copied(fixture_libs: dict[str, Path], tmp_path: Pat
     out = tmp_path / "out.so"
     assert run("slim", str(lib), "--arch", "sm_90", "-o", str(out)).rc == 0
     assert out.stat().st_mode & 0o7777 == 0o755
+
+
+def _encrypt_flag(wheel: Path, member: str) -> None:
+    """Set the 'encrypted' flag of ``member`` in its local header and the central
+    directory, as a zip tool that encrypts would (zipfile then refuses to read it)."""
+    data = bytearray(wheel.read_bytes())
+    name = member.encode()
+    for sig, flags_at, name_at in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
+        at = data.find(sig)
+        while at >= 0:
+            if data[at + name_at : at + name_at + len(name)] == name:
+                data[at + flags_at] |= 0x01
+            at = data.find(sig, at + 4)
+    wheel.write_bytes(bytes(data))
+
+
+def test_an_encrypted_member_is_one_line(fixture_libs: dict[str, Path], tmp_path: Path) -> None:
+    wheel = _wheel_with(tmp_path, {"demo/k.so": fixture_libs["many_size"].read_bytes()})
+    _encrypt_flag(wheel, "demo/k.so")
+    out = tmp_path / "out"
+    r = run("build", str(wheel), "--arch", "sm_90", "-o", str(out), "--store", str(tmp_path / "s"))
+    refused(r, wheel.name, "encrypted")
+    assert not out.exists() or not list(out.iterdir())
+    refused(run("inspect", str(wheel)), wheel.name, "encrypted")
+    refused(run("inspect", str(wheel), "--arch", "sm_90", "--json"), wheel.name, "encrypted")
