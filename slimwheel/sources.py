@@ -24,6 +24,7 @@ from .condapkg import iter_files, package_format
 from .elf import ELF_MAGIC, is_elf
 from .errors import InputError
 from .files import ZIP_ERRORS, check_regular
+from .write import HeldDir, clean_debris, locked_tempdir
 
 # Members of these kinds are never ELF libraries; skip opening them.
 _TEXT_SUFFIXES = (".py", ".pyi", ".pyc", ".txt", ".md", ".json", ".h", ".hpp", ".cuh", ".typed")
@@ -75,8 +76,10 @@ class UnpackedLibraries:
 
     def path(self, member: str) -> str:
         if self.dir is None:
-            tmp = tempfile.mkdtemp(prefix="slimwheel-")
-            weakref.finalize(self, shutil.rmtree, tmp, True)
+            clean_debris(tempfile.gettempdir())  # what killed runs left
+            held = HeldDir(tempfile.gettempdir(), "unpacked-")
+            weakref.finalize(self, held.release)
+            tmp = str(held.path)
             for name, _size, f in iter_files(self.package):
                 if name in self.index:
                     with open(os.path.join(tmp, str(self.index[name])), "wb") as out:
@@ -100,7 +103,9 @@ def _conda_libraries(package: str) -> list[LibrarySource]:
 @contextmanager
 def extract_member(wheel: str, member: str, tmpdir: str | None = None) -> Iterator[str]:
     """A wheel member streamed to a temporary file (in ``tmpdir``), removed after the ``with``."""
-    with tempfile.TemporaryDirectory(prefix="slimwheel-", dir=tmpdir) as tmp:
+    parent = tmpdir or tempfile.gettempdir()
+    clean_debris(parent)  # what killed runs left
+    with locked_tempdir(parent, "member-") as tmp:
         dest = os.path.join(tmp, "lib.so")
         try:
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(dest, "wb") as out:

@@ -78,19 +78,36 @@ PREFIX = ".slimwheel-"
 DEBRIS_MIN_AGE = 1.0
 
 
+class HeldDir:
+    """A temporary directory in ``parent``, held (its ``.lock`` locked) until
+    ``release()``, which removes it. One a killed process held is no longer
+    locked: ``clean_debris`` of its parent removes it."""
+
+    def __init__(self, parent: str | os.PathLike[str], prefix: str = "") -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{prefix}", suffix=".dir", dir=parent))
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(self.path / ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def locked_tempdir(parent: str | os.PathLike[str], prefix: str = "") -> Iterator[Path]:
     """A temporary directory in ``parent``, held (locked) while in use, removed after."""
-    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{prefix}", suffix=".dir", dir=parent))
+    held = HeldDir(parent, prefix)
     try:
-        fd = os.open(path / ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield path
-        finally:
-            os.close(fd)
+        yield held.path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        held.release()
 
 
 @contextlib.contextmanager

@@ -811,3 +811,21 @@ def test_an_encrypted_member_is_one_line(fixture_libs: dict[str, Path], tmp_path
     assert not out.exists() or not list(out.iterdir())
     refused(run("inspect", str(wheel)), wheel.name, "encrypted")
     refused(run("inspect", str(wheel), "--arch", "sm_90", "--json"), wheel.name, "encrypted")
+
+
+def test_inspect_removes_what_a_killed_inspect_left_in_the_temp_dir(
+    fixture_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A dead run's member directory (its lock no longer held) is removed; the run
+    itself leaves nothing."""
+    wheel = _wheel_with(tmp_path, {"demo/k.so": fixture_libs["many_size"].read_bytes()})
+    systmp = tmp_path / "systmp"
+    dead = systmp / ".slimwheel-member-x1y2.dir"
+    dead.mkdir(parents=True)
+    (dead / ".lock").write_text("")
+    (dead / "lib.so").write_bytes(b"half")
+    old = time.time() - 60
+    os.utime(dead, (old, old))
+    r = run("inspect", str(wheel), "--arch", "sm_90", env=dict(os.environ, TMPDIR=str(systmp)))
+    assert r.rc == 0, r.err
+    assert list(systmp.iterdir()) == []
