@@ -52,7 +52,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -144,6 +144,7 @@ class Report:
                 raise SystemExit(f"unknown workload {w!r}; one of {', '.join(WORKLOADS)}")
         self.clock = Clock(args.budget)
         self.arch = args.arch
+        self.parallel = args.parallel
         self.device = args.device
         self.store = self.work / "store"
 
@@ -235,48 +236,77 @@ class Report:
 
     # -- 2. profiles ------------------------------------------------------------
 
-    def profile(self, workload: str) -> None:
-        """One step per mode (a recording can take minutes: with host recording every
-        library is read again from disk, page by page); the parts are kept in
-        ``profiles/parts/`` until both exist, then merged."""
+    def profiles(self, workloads: list[str]) -> None:
+        """Every missing recording (workload x mode), ``--parallel`` at a time: a
+        recording can take minutes (with host recording each library's code is read
+        again from disk, page by page) and uses the GPU little. Recordings running
+        side by side stay page-exact: with userfaultfd write-protect a fault maps only
+        its own page, whatever another process cached. Each part is kept in
+        ``profiles/parts/`` as it finishes; a workload's two parts are then merged."""
+        todo = []
+        for w in workloads:
+            path = self.results / "profiles" / f"{w}.json"
+            if path.exists() or path.with_suffix(".skipped").exists():
+                continue
+            todo += [(w, m) for m in MODES if not self.part(w, m).exists()]
+        for i in range(0, len(todo), self.parallel):  # one step per wave: the budget holds
+            wave = todo[i : i + self.parallel]
+            py, _site = self.env("original", workloads[0])
+            names = ", ".join(f"{w} {m}" for w, m in wave)
+            with (
+                self.clock.step("profile", f"record {names} side by side"),
+                ThreadPoolExecutor(max_workers=len(wave)) as ex,
+            ):
+                jobs = [ex.submit(self.record, py, w, m) for w, m in wave]
+                for w, mode, result in (j.result() for j in jobs):
+                    self.recorded(w, mode, result)
+        for w in workloads:
+            path = self.results / "profiles" / f"{w}.json"
+            parts = [self.part(w, m) for m in MODES]
+            if path.exists() or not all(x.exists() for x in parts):
+                continue
+            tmp = path.with_name(f".{path.name}.tmp")
+            slimwheel("profile", "merge", *map(str, parts), "-o", str(tmp))
+            os.replace(tmp, path)
+            for x in parts:
+                x.unlink()
+
+    def part(self, workload: str, mode: str) -> Path:
+        return self.results / "profiles" / "parts" / f"{workload}-{mode}.json"
+
+    def record(self, py: Path, workload: str, mode: str) -> tuple[str, str, dict[str, Any]]:
+        part = self.part(workload, mode)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        out = self.work / f"{workload}-{mode}.out.json"
+        tmp = part.with_name(f".{part.name}.tmp")
+        cmd = [sys.executable, "-m", "slimwheel", "profile", "-o", str(tmp), "--",
+               str(py), str(RUNNER), workload, "--out", str(out),
+               "--device", self.device]  # fmt: skip
+        t = time.monotonic()
+        proc = subprocess.run(
+            cmd, env=dict(os.environ, CUDA_MODULE_LOADING=mode), capture_output=True, text=True,
+            cwd=REPO,
+        )  # fmt: skip
+        result: dict[str, Any] = {"rc": proc.returncode, "seconds": round(time.monotonic() - t, 1)}
+        if proc.returncode == SKIPPED:
+            result["skipped"] = json.loads(out.read_text())
+        elif proc.returncode != 0:
+            result["error"] = proc.stderr[-3000:]
+        else:
+            os.replace(tmp, part)
+        return workload, mode, result
+
+    def recorded(self, workload: str, mode: str, result: dict[str, Any]) -> None:
         path = self.results / "profiles" / f"{workload}.json"
-        if path.exists() or path.with_suffix(".skipped").exists():
+        if "skipped" in result:
+            write_json(path.with_suffix(".skipped"), result["skipped"])
             return
-        parts_dir = self.results / "profiles" / "parts"
+        if "error" in result:
+            raise SystemExit(f"profile {workload} {mode}: {result['error']}")
         seconds_file = self.results / "profiles" / f"{workload}.seconds.json"
         seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
-        parts = []
-        for mode in MODES:
-            part = parts_dir / f"{workload}-{mode}.json"
-            parts.append(str(part))
-            if part.exists():
-                continue
-            py, _site = self.env("original", workload)
-            with self.clock.step("profile", f"profile {workload} under {mode}"):
-                parts_dir.mkdir(parents=True, exist_ok=True)
-                out = self.work / f"{workload}-{mode}.out.json"
-                tmp = part.with_name(f".{part.name}.tmp")
-                cmd = [sys.executable, "-m", "slimwheel", "profile", "-o", str(tmp), "--",
-                       str(py), str(RUNNER), workload, "--out", str(out),
-                       "--device", self.device]  # fmt: skip
-                t = time.monotonic()
-                proc = subprocess.run(
-                    cmd, env=dict(os.environ, CUDA_MODULE_LOADING=mode), capture_output=True,
-                    text=True, cwd=REPO,
-                )  # fmt: skip
-                if proc.returncode == SKIPPED:
-                    write_json(path.with_suffix(".skipped"), json.loads(out.read_text()))
-                    return
-                if proc.returncode != 0:
-                    raise SystemExit(f"profile {workload} {mode}: {proc.stderr[-3000:]}")
-                seconds[mode] = round(time.monotonic() - t, 1)
-                write_json(seconds_file, seconds)
-                os.replace(tmp, part)
-        tmp = path.with_name(f".{path.name}.tmp")
-        slimwheel("profile", "merge", *parts, "-o", str(tmp))
-        os.replace(tmp, path)
-        for part_path in parts:
-            os.unlink(part_path)
+        seconds[mode] = result["seconds"]
+        write_json(seconds_file, seconds)
 
     def available(self, workload: str) -> bool:
         return not (self.results / "profiles" / f"{workload}.skipped").exists()
@@ -345,8 +375,7 @@ class Report:
 
     def run(self) -> None:
         self.machine()
-        for w in self.workloads:
-            self.profile(w)
+        self.profiles(self.workloads)
         ready = [w for w in self.workloads if self.available(w)]
         self.analysis(ready)
         for w in ready:
@@ -549,6 +578,7 @@ def main() -> None:
     r.add_argument("--budget", type=float, default=540.0, help="seconds; then stop to resume")
     r.add_argument("--workloads", default=",".join(WORKLOADS))
     r.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    r.add_argument("--parallel", type=int, default=5, help="recordings run side by side")
     r.add_argument("--arch", default="native", help="what slim-env keeps (another GPU: sm_90)")
     r.add_argument(
         "--device", default="cuda", help="cpu: a dry run of the steps without a GPU (no NVML)"
