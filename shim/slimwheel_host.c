@@ -4,10 +4,10 @@
  *
  *  - built with -DSLIMWHEEL_AUDIT, an rtld-audit module (LD_AUDIT). The
  *    loader calls la_objopen() for every object right after mapping it and
- *    before its relocations (IFUNC resolvers) and constructors run. For
- *    each executable mapping of it, the module drops the unmapped page-cache
- *    pages of its file range (POSIX_FADV_DONTNEED), marks it MADV_RANDOM and
- *    registers it with a userfaultfd in asynchronous write-protect
+ *    before its relocations (IFUNC resolvers) and constructors run. The
+ *    module drops the file's unmapped page-cache pages
+ *    (POSIX_FADV_DONTNEED), marks its mappings MADV_RANDOM and registers its
+ *    executable mappings with a userfaultfd in asynchronous write-protect
  *    mode, which does nothing but turn the kernel's fault-around off for
  *    them, so a fault maps only the page it needs. (Linux 6.16 and later
  *    read ahead on faults in executable mappings whatever the advice, and
@@ -435,19 +435,13 @@ unsigned int la_version(unsigned int version) {
 struct advise_arg {
     unsigned int major, minor;
     unsigned long ino;
-    int fd;
 };
 
-/* Only executable mappings are recorded, so only their file ranges leave the
-   page cache and lose readahead: the library's data (the fatbins in a read-only
-   segment, which the CUDA driver reads at module load) keeps both. Fault-around
-   stays inside a mapping, so the rest of the file being cached changes no record. */
 static void advise(const struct mapping *m, void *arg) {
     const struct advise_arg *a = arg;
-    if (m->ino != a->ino || m->major != a->major || m->minor != a->minor || !m->exec) return;
-    posix_fadvise(a->fd, (off_t)m->offset, (off_t)(m->end - m->start), POSIX_FADV_DONTNEED);
+    if (m->ino != a->ino || m->major != a->major || m->minor != a->minor) return;
     madvise((void *)m->start, m->end - m->start, MADV_RANDOM);
-    no_fault_around(m->start, m->end);
+    if (m->exec) no_fault_around(m->start, m->end);
 }
 
 unsigned int la_objopen(struct link_map *map, Lmid_t lmid, uintptr_t *cookie) {
@@ -458,12 +452,12 @@ unsigned int la_objopen(struct link_map *map, Lmid_t lmid, uintptr_t *cookie) {
     if (fd < 0) return 0;
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
-        /* Pages of the executable mappings no process maps leave the page cache
-           (dirty ones, of a library just written, once written): without
-           fault-around control, fewer neighbours of a faulting page are cached to
-           be mapped with it. */
+        /* Pages no process maps leave the page cache (dirty ones, of a library just
+           written, once written): without fault-around control, fewer neighbours of
+           a faulting page are cached to be mapped with it. */
         fdatasync(fd);
-        struct advise_arg a = {major(st.st_dev), minor(st.st_dev), (unsigned long)st.st_ino, fd};
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        struct advise_arg a = {major(st.st_dev), minor(st.st_dev), (unsigned long)st.st_ino};
         each_mapping(advise, &a);
     }
     close(fd);
