@@ -86,7 +86,7 @@ class OutOfTime(Exception):
 class Clock:
     """Starts a step only if its estimate (the longest seen for its kind) fits."""
 
-    # seen on the H200 (16 cores, torch 2.11): a run 9-19 s, a recording 150 s or more
+    # seen on the H200 (16 cores, torch 2.11): a run 8-19 s, a recording 150 s or more
     DEFAULTS: ClassVar[dict[str, float]] = {
         "copy": 20.0,
         "slim": 45.0,
