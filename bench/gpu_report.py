@@ -3,6 +3,7 @@
     python bench/gpu_report.py run [--results DIR] [--workdir DIR] [--runs 5]
                                    [--budget SECONDS] [--workloads A,B,...] [--jobs N]
     python bench/gpu_report.py render [--results DIR] [--docs docs/results.md]
+    python bench/gpu_report.py smoke [--runs 2]   # the workloads alone, unslimmed
 
 ``run`` needs an NVIDIA GPU, the installed torch + nvidia-* stack and
 nvidia-ml-py. It never touches the installed environment: it copies torch/
@@ -112,15 +113,12 @@ class Clock:
 
 
 def write_json(path: Path, doc: Any) -> None:
-    """Atomically: a step's file exists only when the step is done."""
+    """Atomically (slimwheel's own writer): a step's file exists only when the step is done."""
+    from slimwheel.write import atomic_output
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_output(path) as f:
+        f.write(json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
 
 
 def slimwheel(*args: str) -> str:
@@ -265,9 +263,7 @@ class Report:
             parts = [self.part(w, m) for m in MODES]
             if path.exists() or not all(x.exists() for x in parts):
                 continue
-            tmp = path.with_name(f".{path.name}.tmp")
-            slimwheel("profile", "merge", *map(str, parts), "-o", str(tmp))
-            os.replace(tmp, path)
+            slimwheel("profile", "merge", *map(str, parts), "-o", str(path))  # atomic
             for x in parts:
                 x.unlink()
 
@@ -433,10 +429,9 @@ def run_once(py: Path, workload: str, mode: str, gpu: Any, device: str = "cuda")
         with gpu.watch(proc.pid) if gpu is not None else contextlib.nullcontext():
             _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    rc = os.waitstatus_to_exitcode(status)
     stderr = err.read_text(errors="replace")
     err.unlink()
-    rc = os.waitstatus_to_exitcode(status)
     row: dict[str, Any] = {
         "rc": rc,
         "wall_s": round(wall, 4),
@@ -458,8 +453,6 @@ def run_once(py: Path, workload: str, mode: str, gpu: Any, device: str = "cuda")
 
 
 # -- analysis helpers (run in worker processes) ---------------------------------
-
-ARCH_REASONS = ("wrong-arch", "superseded", "ptx-not-needed")
 
 
 def _analyse(job: tuple[str, str, str, str]) -> dict[str, Any]:
@@ -568,6 +561,34 @@ def similarity(site: Path, results: Path, workloads: list[str], jobs: int) -> di
     }
 
 
+def smoke(workloads: list[str], runs: int, device: str) -> int:
+    """Each workload ``runs`` times per mode in the running (installed) Python, nothing
+    slimmed: does it run, is its output the same every time, what does a run cost.
+    Exit status 1 if a run failed or a digest differed."""
+    gpu = None
+    if device == "cuda":
+        from bench.gpu_memory import GpuMemory
+
+        gpu = GpuMemory()
+    bad = 0
+    for w in workloads:
+        digests = set()
+        for mode in MODES:
+            for i in range(runs):
+                r = run_once(Path(sys.executable), w, mode, gpu, device)
+                digests.add(r.get("digest"))
+                mem = f"{r['gpu_process_bytes'] / 2**20:,.0f} MB ({r['gpu_how']})" if gpu else "-"
+                print(f"{w} {mode} {i + 1}: rc {r['rc']}, {r['wall_s']:.1f} s, first CUDA "
+                      f"result {r.get('first_s', '-')} s, RSS {r['rss_bytes'] / 2**20:,.0f} MB, "
+                      f"GPU {mem}, digest {(r.get('digest') or r.get('error', ''))[:16]}",
+                      flush=True)  # fmt: skip
+                bad += r["rc"] != 0 and r["rc"] != SKIPPED
+        if len(digests) > 1:
+            print(f"{w}: outputs differ between runs or modes")
+            bad += 1
+    return 1 if bad else 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -583,10 +604,16 @@ def main() -> None:
     r.add_argument(
         "--device", default="cuda", help="cpu: a dry run of the steps without a GPU (no NVML)"
     )
+    s = sub.add_parser("smoke", help="the workloads on the installed stack, nothing slimmed")
+    s.add_argument("--runs", type=int, default=2, help="per mode")
+    s.add_argument("--workloads", default=",".join(WORKLOADS))
+    s.add_argument("--device", default="cuda")
     d = sub.add_parser("render")
     d.add_argument("--results", default=str(DEFAULT_RESULTS))
     d.add_argument("--docs", default=str(REPO / "docs" / "results.md"))
     args = ap.parse_args()
+    if args.command == "smoke":
+        raise SystemExit(smoke([w for w in args.workloads.split(",") if w], args.runs, args.device))
     if args.command == "render":
         from bench.report_render import render
 

@@ -14,9 +14,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("original", "arch", "+profile", "+cpu", "+strip")
-MODES = ("LAZY", "EAGER")
-ARCH_REASONS = ("wrong-arch", "superseded", "ptx-not-needed")
+from bench.gpu_report import MODES, VARIANTS
+from slimwheel.plan import Reason
+
+#: Removed because no target GPU loads them (the rest: unused by the workload's profile).
+ARCH_REASONS = tuple(r.value for r in (Reason.WRONG_ARCH, Reason.SUPERSEDED, Reason.PTX_NOT_NEEDED))
 # The research tool (Negativa-ML, CUDA 12, T4 and H100), PyTorch MobileNetV2 inference.
 GOALS = {
     "total file size": -55.0,
@@ -106,7 +108,11 @@ def device_totals(analysis: dict[str, Any]) -> dict[str, int]:
         t["elements"] += lib["elements"]
         for reason, (n, b) in lib["removed"].items():
             kind = (
-                "arch" if reason in ARCH_REASONS else "unused" if reason == "not-used" else reason
+                "arch"
+                if reason in ARCH_REASONS
+                else "unused"
+                if reason == Reason.NOT_USED.value
+                else reason
             )
             t[f"{kind}_elements"] += n
             t[f"{kind}_bytes"] += b

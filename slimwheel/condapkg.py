@@ -28,7 +28,6 @@ import posixpath
 import stat
 import tarfile
 import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import IO, Any
 import zstandard
 
 from .errors import InputError
-from .files import open_regular, parse_json, read_json
+from .files import ZIP_FORMAT_ERRORS, open_regular, parse_json, read_json
 from .write import atomic_output
 
 CONDA = ".conda"
@@ -49,19 +48,14 @@ FORMATS = (CONDA, TAR_BZ2)
 ZSTD_LEVEL = 12
 BZ2_LEVEL = 9
 _CHUNK = 1 << 20
-#: What a malformed archive raises while it is read.
-# Reading (not writing): damaged archives, and zip members that are encrypted
-# (RuntimeError) or use a compression method Python does not have.
-_ARCHIVE_ERRORS = (
+#: What a malformed archive raises while it is read (not OSError: writing members out
+#: raises that, and is reported apart).
+_ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
     tarfile.TarError,
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
     zstandard.ZstdError,
-    EOFError,
-    zlib.error,
-    RuntimeError,
-    NotImplementedError,
+    *ZIP_FORMAT_ERRORS,
 )
+_READ_ERRORS: tuple[type[BaseException], ...] = (*_ARCHIVE_ERRORS, OSError)
 
 
 class CondaPackageError(InputError):
@@ -177,7 +171,7 @@ def _reading(where: str) -> Iterator[None]:
     """A malformed archive, met while reading it, as one CondaPackageError."""
     try:
         yield
-    except (*_ARCHIVE_ERRORS, OSError) as exc:
+    except _READ_ERRORS as exc:
         raise CondaPackageError(f"unreadable archive ({exc})", path=where) from None
 
 

@@ -22,18 +22,19 @@ from typing import BinaryIO
 
 from .errors import InputError
 
-#: What reading a zip archive and its members raises on bad input: a damaged archive
-#: or member (BadZipFile, zlib.error, EOFError, OSError), an encrypted member
-#: (RuntimeError), a compression method Python does not have (NotImplementedError).
-ZIP_ERRORS: tuple[type[BaseException], ...] = (
+#: What reading a zip archive and its members raises on bad content: a damaged archive
+#: or member (BadZipFile, zlib.error, EOFError), an encrypted member (RuntimeError), a
+#: compression method Python does not have (NotImplementedError).
+ZIP_FORMAT_ERRORS: tuple[type[BaseException], ...] = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
-    OSError,
     EOFError,
     zlib.error,
     RuntimeError,
     NotImplementedError,
 )
+#: The same, and the reading itself failing (OSError).
+ZIP_ERRORS: tuple[type[BaseException], ...] = (*ZIP_FORMAT_ERRORS, OSError)
 
 _KIND = {
     stat.S_IFDIR: "a directory",

@@ -24,7 +24,7 @@ from .condapkg import iter_files, package_format
 from .elf import ELF_MAGIC, is_elf
 from .errors import InputError
 from .files import ZIP_ERRORS, check_regular
-from .write import HeldDir, clean_debris, locked_tempdir
+from .write import HeldDir, clean_debris, scratch_dir
 
 # Members of these kinds are never ELF libraries; skip opening them.
 _TEXT_SUFFIXES = (".py", ".pyi", ".pyc", ".txt", ".md", ".json", ".h", ".hpp", ".cuh", ".typed")
@@ -103,9 +103,7 @@ def _conda_libraries(package: str) -> list[LibrarySource]:
 @contextmanager
 def extract_member(wheel: str, member: str, tmpdir: str | None = None) -> Iterator[str]:
     """A wheel member streamed to a temporary file (in ``tmpdir``), removed after the ``with``."""
-    parent = tmpdir or tempfile.gettempdir()
-    clean_debris(parent)  # what killed runs left
-    with locked_tempdir(parent, "member-") as tmp:
+    with scratch_dir("member-", tmpdir) as tmp:
         dest = os.path.join(tmp, "lib.so")
         try:
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(dest, "wb") as out:

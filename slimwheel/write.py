@@ -111,11 +111,13 @@ def locked_tempdir(parent: str | os.PathLike[str], prefix: str = "") -> Iterator
 
 
 @contextlib.contextmanager
-def scratch_dir(prefix: str) -> Iterator[Path]:
-    """A locked temporary directory in the system temp directory, removed after;
-    what killed runs left there (their directories, no longer locked) is removed first."""
-    clean_debris(tempfile.gettempdir())
-    with locked_tempdir(tempfile.gettempdir(), prefix) as path:
+def scratch_dir(prefix: str, parent: str | None = None) -> Iterator[Path]:
+    """A locked temporary directory in ``parent`` (the system temp directory by
+    default), removed after; what killed runs left there (their directories, no
+    longer locked) is removed first."""
+    parent = parent or tempfile.gettempdir()
+    clean_debris(parent)
+    with locked_tempdir(parent, prefix) as path:
         yield path
 
 
