@@ -2,6 +2,7 @@
 
     python bench/gpu_report.py run [--results DIR] [--workdir DIR] [--runs 5]
                                    [--budget SECONDS] [--workloads A,B,...] [--jobs N]
+                                   [--cache cold|warm]
     python bench/gpu_report.py render [--results DIR] [--docs docs/results.md]
     python bench/gpu_report.py smoke [--runs 2]   # the workloads alone, unslimmed
 
@@ -37,6 +38,17 @@ stopped by ``--budget`` (or killed) resumes where it stopped:
    CUDA result, peak RSS (wait4), peak GPU memory from NVML (bench/gpu_memory.py),
    the outputs' digest. One line per run, appended and synced.
 
+The page cache is part of what a run measures: the kernel maps a file just
+written in large writes (a copy, a slimmed library) from large folios, many
+pages per fault, so the same pages touched read as more RSS (torch 2.14.1 on
+Linux 6.18: ``import torch`` maps 6.6 MB of libtorch_cuda.so's text after a
+cold start, 19.7 MB right after the same bytes were rewritten). So every variant
+starts from the same state: ``--cache cold`` (the default) evicts the
+variant's files (``POSIX_FADV_DONTNEED``) before every run, a cold start;
+``--cache warm`` evicts them once per workload and makes one unmeasured run
+under EAGER, so the runs find what a run before them cached.
+``method.json`` keeps the choice; a results directory never mixes the two.
+
 ``render`` turns the raw JSON into ``docs/results.md`` and PNG charts
 (bench/report_render.py, matplotlib); it runs anywhere.
 """
@@ -49,6 +61,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -78,6 +91,8 @@ FLAGS = {
 RUNNER = REPO / "bench" / "report_workloads.py"
 DEFAULT_RESULTS = REPO / "bench" / "results" / "gpu-report"
 SKIPPED = 3  # report_workloads.py's exit status for a workload whose library is missing
+CACHE = ("cold", "warm")
+NVML_PERIOD_S = 0.02  # the GPU memory sampler's period (bench/gpu_memory.py)
 
 
 class OutOfTime(Exception):
@@ -144,7 +159,13 @@ class Report:
         self.arch = args.arch
         self.parallel = args.parallel
         self.device = args.device
+        self.cache = args.cache
         self.store = self.work / "store"
+        from slimwheel.write import clean_debris
+
+        for d in (self.results, *(self.results / s for s in ("profiles", "analysis", "sizes"))):
+            clean_debris(d)  # what a killed run's atomic writes left
+        clean_debris(self.results / "profiles" / "parts")
 
     # -- environments -----------------------------------------------------------
 
@@ -178,6 +199,8 @@ class Report:
                 slimwheel("slim-env", "--arch", self.arch, *opts, "--python", str(py),
                           "--store", str(store), "--jobs", self.jobs, "--no-backup")  # fmt: skip
                 seconds = round(time.monotonic() - t, 1)
+        with self.clock.step("copy", f"write back {where}"):
+            os.sync()  # the copy's pages, not the first run's time (evict syncs too)
         write_json(ready, {"variant": variant, "seconds": seconds})
         return py, site
 
@@ -350,13 +373,52 @@ class Report:
                     done.add((r["workload"], r["variant"], r["mode"], r["round"]))
         return done
 
+    def method(self) -> None:
+        """How runs are measured, fixed for a results directory (``method.json``)."""
+        path = self.results / "method.json"
+        doc = {"cache": self.cache, "nvml_period_s": NVML_PERIOD_S}
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old != doc:
+                raise SystemExit(
+                    f"{path}: these results were measured with {old}, not {doc};"
+                    " use another --results"
+                )
+            return
+        write_json(path, doc)
+
+    def warm_up(self, workload: str) -> None:
+        """``--cache warm``: each variant's files evicted once for this workload, then one
+        unmeasured EAGER run (it touches what a LAZY run does and more) fills the cache
+        the way runs do. A marker beside the environment says it is done; a new
+        environment (a new machine) has none and is warmed again."""
+        for v in VARIANTS:
+            py, _site = self.env(v, workload)
+            marker = self.env_dir(v, workload) / f"warm-{workload}"
+            if marker.exists():
+                continue
+            with self.clock.step("run", f"{workload} {v}: warm-up run (not measured)"):
+                evict(self.env_dir(v, workload))
+                row = run_once(py, workload, "EAGER", None, self.device)
+            if row["rc"] != 0:
+                raise SystemExit(f"warm-up {workload} {v}: {row.get('error')}")
+            marker.touch()
+
     def measure(self, workload: str) -> None:
+        self.method()
         done = self.done_runs()
         gpu = None
         if self.device == "cuda":
             from bench.gpu_memory import GpuMemory
 
-            gpu = GpuMemory()
+            gpu = GpuMemory(period_s=NVML_PERIOD_S)
+        if self.cache == "warm" and any(
+            (workload, v, m, r) not in done
+            for v in VARIANTS
+            for m in MODES
+            for r in range(self.runs)
+        ):
+            self.warm_up(workload)
         for rnd in range(self.runs):
             order = VARIANTS[rnd % len(VARIANTS) :] + VARIANTS[: rnd % len(VARIANTS)]
             for mode in MODES:
@@ -365,8 +427,10 @@ class Report:
                         continue
                     py, _site = self.env(v, workload)
                     with self.clock.step("run", f"{workload} {v} {mode} round {rnd + 1}"):
+                        if self.cache == "cold":
+                            evict(self.env_dir(v, workload))
                         row = run_once(py, workload, mode, gpu, self.device)
-                    row.update(workload=workload, variant=v, mode=mode, round=rnd)
+                    row.update(workload=workload, variant=v, mode=mode, round=rnd, cache=self.cache)
                     append_line(self.results / "runs.jsonl", row)
 
     def run(self) -> None:
@@ -390,6 +454,27 @@ def no_gpu() -> dict[str, Any]:
     day = time.strftime("%Y-%m-%d", time.gmtime())
     return {"gpu": "none (--device cpu)", "gpus": 0, "driver": "-", "memory_bytes": 0,
             "measured_at": day}  # fmt: skip
+
+
+def evict(root: Path) -> int:
+    """Write back, then drop from the page cache, every regular file under ``root``
+    (symlinks not followed, FIFOs never opened); returns how many files. Pages
+    a process still maps stay, so call it between runs."""
+    os.sync()
+    count = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    count += 1
+                finally:
+                    os.close(fd)
+    return count
 
 
 def append_line(path: Path, row: dict[str, Any]) -> None:
@@ -444,8 +529,9 @@ def run_once(py: Path, workload: str, mode: str, gpu: Any, device: str = "cuda")
     if rc == 0:
         rep = json.loads(out.read_text())
         row.update(
-            first_s=rep["first_s"], work_s=rep["work_s"], digest=rep["digest"], detail=rep["detail"]
-        )
+            first_s=rep["first_s"], import_s=rep["import_s"], work_s=rep["work_s"],
+            digest=rep["digest"], detail=rep["detail"],
+        )  # fmt: skip
     else:
         row["error"] = stderr.strip().splitlines()[-1][:500] if stderr.strip() else f"exit {rc}"
     out.unlink(missing_ok=True)
@@ -604,6 +690,11 @@ def main() -> None:
     r.add_argument(
         "--device", default="cuda", help="cpu: a dry run of the steps without a GPU (no NVML)"
     )
+    r.add_argument(
+        "--cache", choices=CACHE, default="cold",
+        help="cold: the variant's files evicted from the page cache before every run; "
+        "warm: once per workload, then one unmeasured run",
+    )  # fmt: skip
     s = sub.add_parser("smoke", help="the workloads on the installed stack, nothing slimmed")
     s.add_argument("--runs", type=int, default=2, help="per mode")
     s.add_argument("--workloads", default=",".join(WORKLOADS))

@@ -57,8 +57,10 @@ def load(results: Path) -> dict[str, Any]:
                 continue  # half a line from a killed run: measured again on resume
     sim = results / "similarity.json"
     machine = results / "machine.json"
+    method = results / "method.json"
     return {
         "machine": json.loads(machine.read_text()) if machine.exists() else None,
+        "method": json.loads(method.read_text()) if method.exists() else None,
         "profiles": sorted(
             p.stem for p in (results / "profiles").glob("*.json") if "." not in p.stem
         )
@@ -239,10 +241,19 @@ def spread(values: list[float], unit: float, fmt: str) -> str:
 
 COLUMNS = (
     ("wall_s", 1.0, ".2f"),
+    ("import_s", 1.0, ".2f"),
     ("first_s", 1.0, ".2f"),
     ("rss_bytes", 1e6, ",.0f"),
     ("gpu_process_bytes", 1e6, ",.0f"),
 )
+
+
+def change(vals: list[float], base: list[float]) -> str:
+    """The median's change against ``base``'s, marked ``*`` when the two ranges
+    [min-max] overlap: a change the run-to-run spread could make alone."""
+    new, old = statistics.median(vals), statistics.median(base)
+    overlap = min(vals) <= max(base) and min(base) <= max(vals)
+    return pct(new, old) + ("*" if overlap and new != old else "")
 
 
 def measure(
@@ -254,16 +265,17 @@ def measure(
     if vals and base:
         old = values(base, key)
         if old:
-            cell += " " + pct(statistics.median(vals), statistics.median(old))
+            cell += " " + change(vals, old)
     return cell
 
 
 def table_runs(data: dict[str, Any]) -> list[str]:
     g = run_groups(data["runs"])
     lines = [
-        "| workload | mode | variant | runs | wall time (s) | first CUDA result (s) "
-        "| peak RSS (MB) | peak GPU memory (MB) | outputs identical to the original |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workload | mode | variant | runs | wall time (s) | import torch (s) "
+        "| first CUDA result (s) | peak RSS (MB) | peak GPU memory (MB) "
+        "| outputs identical to the original |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in sorted({k[0] for k in g}):
         for mode in MODES:
@@ -316,9 +328,7 @@ def goals(data: dict[str, Any], workload: str = "mobilenet_v2-infer") -> list[st
             for v in ("+cpu", "+strip"):
                 vals = values(g.get((workload, mode, v), []), key)
                 if base and vals:
-                    ours[f"{name} ({mode})"][v] = pct(
-                        statistics.median(vals), statistics.median(base)
-                    )
+                    ours[f"{name} ({mode})"][v] = change(vals, base)
     for name in [*GOALS, "peak CPU memory (LAZY)", "peak GPU memory (LAZY)", "time (LAZY)"]:
         theirs = (
             f"{GOALS[name]:+.1f}%"
@@ -469,8 +479,28 @@ def charts(data: dict[str, Any], where: Path) -> list[str]:
 # -- the document -----------------------------------------------------------------
 
 
+def cache_text(data: dict[str, Any]) -> str:
+    """What the page cache held when a run started (gpu_report.py ``--cache``)."""
+    kinds = sorted({str(r.get("cache", "not recorded")) for r in data["runs"]})
+    said = {
+        "cold": "every run was a cold start: the variant's files were evicted from the"
+        " page cache (POSIX_FADV_DONTNEED) just before it, so its time includes reading"
+        " them from disk",
+        "warm": "the variant's files were evicted once per workload, then one unmeasured"
+        " EAGER run cached what runs touch; the runs measured after it are warm",
+    }
+    text = "; ".join(said.get(k, f"page cache: {k}") for k in kinds)
+    return (
+        "Page cache: " + text + ". Python and the packages outside torch/ and nvidia/ were"
+        " cached for every variant alike. (The state matters: the kernel maps a file just"
+        " written in large writes from large folios, many pages per fault, so the same"
+        " pages touched read as more RSS.)"
+    )
+
+
 def document(data: dict[str, Any], chart_names: list[str], results_rel: str) -> str:
     m = data["machine"]
+    m_ = data["method"]
     out = [
         "# slimwheel on a GPU: sizes, memory, time",
         "",
@@ -535,9 +565,14 @@ def document(data: dict[str, Any], chart_names: list[str], results_rel: str) -> 
             "## Time, memory and outputs",
             "",
             "Each run is a fresh process; variants interleaved. Median [min-max], and the"
-            " change of the median against the original. Peak RSS from wait4; peak GPU memory"
-            " from NVML for the process. Outputs are the digest of logits, the loss curve and"
-            " final weights, or the generated tokens.",
+            " change of the median against the original; `*` marks a change whose range"
+            " overlaps the original's, one the run-to-run spread could make alone. Peak RSS"
+            " from wait4; peak GPU memory from NVML for the process"
+            + (f", sampled every {m_['nvml_period_s'] * 1000:.0f} ms" if m_ else "")
+            + ". Outputs are the digest of logits, the loss curve and final weights, or the"
+            " generated tokens.",
+            "",
+            cache_text(data),
             "",
             *table_runs(data),
             "",
@@ -547,6 +582,9 @@ def document(data: dict[str, Any], chart_names: list[str], results_rel: str) -> 
             "## Against the research tool's goals (PyTorch MobileNetV2 inference)",
             "",
             *goals(data),
+            "",
+            "Times and memory are medians against the original's; `*`: the two ranges"
+            " overlap, as in the table above.",
             "",
         ]
     if chart_names:
@@ -568,7 +606,11 @@ def document(data: dict[str, Any], chart_names: list[str], results_rel: str) -> 
 
 def render(results: Path, docs: Path) -> None:
     data = load(results)
-    made = charts(data, docs.parent / CHART_DIR)
+    where = docs.parent / CHART_DIR
+    made = charts(data, where)
+    for stale in sorted(where.glob("*.png")) if where.is_dir() else []:
+        if stale.name not in made:  # a chart of data no longer there
+            stale.unlink()
     try:
         rel = str(results.resolve().relative_to(docs.resolve().parent.parent))
     except ValueError:

@@ -9,7 +9,8 @@ before torch loads). Writes one JSON object:
 
 - ``first_s``: seconds from ``SLIMWHEEL_REPORT_T0`` (the parent's clock just
   before it started this process) to the first CUDA result on the host:
-  ``import torch`` and one kernel;
+  ``import torch`` and one kernel; ``import_s`` the part up to ``import torch``
+  done (the rest is CUDA's start: the driver, the context, the first module);
 - ``work_s``: the workload itself, after that;
 - ``digest``: SHA-256 of the outputs (logits, the loss curve and final
   weights, or the generated tokens), compared across variants;
@@ -37,6 +38,8 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+IMPORT_S = time.time() - T0  # the interpreter's start and ``import torch``
 
 NAMES = (
     "mobilenet_v2-infer",
@@ -178,6 +181,7 @@ def main() -> int:
     result.update(
         workload=args.workload,
         first_s=round(first_s, 4),
+        import_s=round(IMPORT_S, 4),
         work_s=round(time.perf_counter() - start, 4),
         torch=torch.__version__,
         device=torch.cuda.get_device_name() if args.device == "cuda" else args.device,

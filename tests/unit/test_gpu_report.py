@@ -1,13 +1,17 @@
-"""bench/gpu_report.py's bookkeeping, without a GPU: resuming, the budget, Jaccard."""
+"""bench/gpu_report.py's bookkeeping, without a GPU: resuming, the budget, Jaccard,
+the page cache."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
+import os
 from pathlib import Path
 
 import pytest
 
-from bench.gpu_report import Clock, OutOfTime, _jaccard, append_line
+from bench.gpu_report import Clock, OutOfTime, _jaccard, append_line, evict
 
 
 def test_jaccard_from_pairwise_intersections() -> None:
@@ -35,3 +39,52 @@ def test_a_half_written_line_is_ended_and_skipped(tmp_path: Path) -> None:
     lines = runs.read_text().splitlines()
     assert len(lines) == 3 and lines[1] == '{"work'
     assert json.loads(lines[2])["variant"] == "arch"
+
+
+def _resident_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache (mincore(2) on a shared mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), size) as mm:
+        buf = (ctypes.c_char * size).from_buffer(mm)
+        vec = (ctypes.c_ubyte * pages)()
+        try:
+            rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(size), vec)
+            assert rc == 0, os.strerror(ctypes.get_errno())
+        finally:
+            del buf
+    return sum(v & 1 for v in vec)
+
+
+def test_evict_drops_written_files_from_the_page_cache(tmp_path: Path) -> None:
+    lib = tmp_path / "venv" / "lib" / "libbig.so"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(os.urandom(4 << 20))  # just written: cached, dirty
+    (tmp_path / "venv" / "lib" / "link.so").symlink_to(lib)
+    os.mkfifo(tmp_path / "venv" / "fifo")  # never opened (it would block)
+    if _resident_pages(lib) == 0:
+        pytest.skip("this filesystem does not keep the file in the page cache")
+    assert evict(tmp_path / "venv") == 1
+    if _resident_pages(lib) == 1024:
+        pytest.skip("a filesystem without eviction (tmpfs)")
+    assert _resident_pages(lib) == 0
+
+
+def test_a_results_directory_never_mixes_cache_methods(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from bench.gpu_report import Report
+
+    def report(cache: str) -> Report:
+        return Report(Namespace(
+            results=str(tmp_path / "r"), workdir=str(tmp_path / "w"), runs=5, jobs=1,
+            workloads="mobilenet_v2-infer", budget=100.0, arch="sm_90", parallel=1,
+            device="cpu", cache=cache,
+        ))  # fmt: skip
+
+    report("cold").method()
+    report("cold").method()  # resuming with the same method
+    assert json.loads((tmp_path / "r" / "method.json").read_text())["cache"] == "cold"
+    with pytest.raises(SystemExit, match=r"measured with .*'cold'.* use another --results"):
+        report("warm").method()

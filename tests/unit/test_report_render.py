@@ -65,12 +65,16 @@ def _results(root: Path, *, flaky_original: bool = False) -> Path:
                     digest = "e"
                 rows.append({
                     "workload": "mobilenet_v2-infer", "variant": v, "mode": mode, "round": rnd,
-                    "rc": 0, "wall_s": 10.0 - i, "first_s": 2.0, "work_s": 1.0,
+                    "cache": "cold",
+                    # first_s: the original 2.0-2.4 s, +profile 1.9-2.3 s (ranges overlap)
+                    "rc": 0, "wall_s": 10.0 - i, "work_s": 1.0, "import_s": 1.5,
+                    "first_s": 2.0 + rnd / 10 - (0.1 if v == "+profile" else 0.0),
                     "rss_bytes": 1_000_000_000 - i * 100_000_000, "gpu_process_bytes": 2e9,
                     "gpu_device_bytes": 2e9, "gpu_how": "pid", "gpu_samples": 10,
                     "digest": digest, "detail": {},
                 })  # fmt: skip
     (r / "runs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    (r / "method.json").write_text('{"cache": "cold", "nvml_period_s": 0.02}')
     return r
 
 
@@ -93,6 +97,16 @@ def test_render_tables_and_charts(tmp_path: Path) -> None:
     assert "| mobilenet_v2-infer | 0.0 MB | 0.0 MB (70.0%) | 0.0 MB (30.0%) |" in text
     # wall time 10 s -> 6 s for +strip, every output identical
     assert "| mobilenet_v2-infer | EAGER | +strip | 5 | 6.00 [6.00-6.00] -40.0% |" in text
+    # a change the spread could make alone is marked; an equal median is not
+    assert (
+        "| +profile | 5 | 8.00 [8.00-8.00] -20.0% | 1.50 [1.50-1.50] +0.0% "
+        "| 2.10 [1.90-2.30] -4.5%* |" in text
+    )
+    assert (
+        "| +strip | 5 | 6.00 [6.00-6.00] -40.0% | 1.50 [1.50-1.50] +0.0% | 2.20 [2.00-2.40] +0.0% |"
+        in text
+    )
+    assert "every run was a cold start" in text and "sampled every 20 ms" in text
     assert text.count("| 5/5 |") == 10
     assert "| total file size | -55.0% | -75.0% | -77.0% |" in text
     charts = sorted(p.name for p in (docs.parent / "results").iterdir())
@@ -112,3 +126,16 @@ def test_an_original_that_differs_from_itself_is_reported(tmp_path: Path) -> Non
     text = docs.read_text()
     assert "original differs between its runs" in text
     assert "| 5/5 |" not in text
+
+
+def test_charts_of_data_no_longer_there_are_removed(tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    render(results, docs)
+    assert (docs.parent / "results" / "time.png").exists()
+    (results / "runs.jsonl").unlink()  # the runs are measured again
+    render(results, docs)
+    charts = sorted(p.name for p in (docs.parent / "results").iterdir())
+    assert charts == ["pareto.png", "removed_kind.png", "sizes.png"]
+    assert "## Time, memory and outputs" not in docs.read_text()
