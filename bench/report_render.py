@@ -583,10 +583,13 @@ def document(data: dict[str, Any], chart_names: list[str], results_rel: str) -> 
             "",
             *goals(data),
             "",
-            "Times and memory are medians against the original's; `*`: the two ranges"
-            " overlap, as in the table above.",
-            "",
         ]
+        if data["runs"]:
+            out += [
+                "Times and memory are medians against the original's; `*`: the two ranges"
+                " overlap, as in the table above.",
+                "",
+            ]
     if chart_names:
         out += ["## Charts", ""]
         out += [f"![{n[:-4]}]({CHART_DIR}/{n})" for n in chart_names]

@@ -139,3 +139,4 @@ def test_charts_of_data_no_longer_there_are_removed(tmp_path: Path) -> None:
     charts = sorted(p.name for p in (docs.parent / "results").iterdir())
     assert charts == ["pareto.png", "removed_kind.png", "sizes.png"]
     assert "## Time, memory and outputs" not in docs.read_text()
+    assert "as in the table above" not in docs.read_text()
