@@ -501,6 +501,7 @@ def run_once(py: Path, workload: str, mode: str, gpu: Any, device: str = "cuda")
         if k not in ("CUDA_INJECTION64_PATH", "LD_AUDIT", "LD_PRELOAD")
     }
     env["CUDA_MODULE_LOADING"] = mode
+    load = os.getloadavg()[0]
     t0 = time.time()
     env["SLIMWHEEL_REPORT_T0"] = repr(t0)
     err = out.with_suffix(".err")
@@ -521,6 +522,11 @@ def run_once(py: Path, workload: str, mode: str, gpu: Any, device: str = "cuda")
         "rc": rc,
         "wall_s": round(wall, 4),
         "rss_bytes": usage.ru_maxrss * 1024,
+        # where the wall time went: on the CPUs, or waiting (disk: major faults; the
+        # driver; other processes: the load average before the run)
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "major_faults": usage.ru_majflt,
+        "load_before": round(load, 2),
         "gpu_process_bytes": gpu.process if gpu else None,
         "gpu_device_bytes": gpu.device if gpu else None,
         "gpu_how": gpu.how if gpu else None,
