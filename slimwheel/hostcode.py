@@ -216,21 +216,34 @@ def _irelative_targets(elf: ElfFile) -> set[int]:
     return {a for a in out if a is not None and a > 0}
 
 
+def _placed_units(
+    elf: ElfFile, sections: list[Section], ranges: list[tuple[int, int]], names: dict[int, str]
+) -> list[tuple[Section, Segment, Unit]]:
+    """The units of ``sections``, each with its section and the PT_LOAD holding it."""
+    units: list[tuple[Section, Segment, Unit]] = []
+    for s in sections:
+        seg = _load_of(elf, s.offset, s.size)
+        assert seg is not None
+        units.extend((s, seg, u) for u in units_of(s, ranges, names))
+    return units
+
+
+def _ran(use: HostUse, seg: Segment, u: Unit) -> bool:
+    """Whether the record ``use`` ran a page of the unit ``u`` (of ``seg``)."""
+    off = seg.offset + (u.start - seg.vaddr)
+    return use.touches(off, off + (u.end - u.start))
+
+
 def executed_functions(elf: ElfFile, uses: list[HostUse]) -> list[set[int]]:
     """For each host record in ``uses``, the start addresses of the functions of
     ``elf`` whose pages it ran (what the record keeps by its own runs, without the
     entry points every plan keeps); the library is read once for all of them."""
     ranges, names, _ifuncs = _function_ranges(elf)
     found: list[set[int]] = [set() for _ in uses]
-    for s in candidate_sections(elf):
-        seg = _load_of(elf, s.offset, s.size)
-        assert seg is not None
-        for u in units_of(s, ranges, names):
-            if not u.function:
-                continue
-            off = seg.offset + (u.start - seg.vaddr)
+    for _s, seg, u in _placed_units(elf, candidate_sections(elf), ranges, names):
+        if u.function:
             for i, use in enumerate(uses):
-                if use.touches(off, off + (u.end - u.start)):
+                if _ran(use, seg, u):
                     found[i].add(u.start)
     return found
 
@@ -244,17 +257,12 @@ def plan_host(
     sections = candidate_sections(elf)
     ranges, names, ifuncs = _function_ranges(elf)
     must = sorted(always_run(elf) | ifuncs)
-    units: list[tuple[Section, Segment, Unit]] = []
-    for s in sections:
-        seg = _load_of(elf, s.offset, s.size)
-        assert seg is not None
-        units.extend((s, seg, u) for u in units_of(s, ranges, names))
+    units = _placed_units(elf, sections, ranges, names)
     kept: list[bool] = []
     for _sec, seg, u in units:
-        off = seg.offset + (u.start - seg.vaddr)
         i = bisect.bisect_left(must, u.start)
         needed = i < len(must) and must[i] < u.end
-        kept.append(needed or use.touches(off, off + (u.end - u.start)))
+        kept.append(needed or _ran(use, seg, u))
     kept_names = {u.name for (_s, _g, u), k in zip(units, kept, strict=True) if k and u.name}
     for i, (_s, _g, u) in enumerate(units):
         m = _COLD.match(u.name) if not kept[i] and u.name else None
