@@ -23,7 +23,7 @@ import pynvml  # type: ignore[import-not-found, unused-ignore]
 
 
 class GpuMemory:
-    def __init__(self, period_s: float = 0.02) -> None:
+    def __init__(self, period_s: float) -> None:
         pynvml.nvmlInit()
         self.handles = [
             pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())

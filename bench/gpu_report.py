@@ -2,7 +2,6 @@
 
     python bench/gpu_report.py run [--results DIR] [--workdir DIR] [--runs 5]
                                    [--budget SECONDS] [--workloads A,B,...] [--jobs N]
-                                   [--cache cold|warm]
     python bench/gpu_report.py render [--results DIR] [--docs docs/results.md]
     python bench/gpu_report.py smoke [--runs 2]   # the workloads alone, unslimmed
 
@@ -42,12 +41,10 @@ The page cache is part of what a run measures: the kernel maps a file just
 written in large writes (a copy, a slimmed library) from large folios, many
 pages per fault, so the same pages touched read as more RSS (torch 2.14.1 on
 Linux 6.18: ``import torch`` maps 6.6 MB of libtorch_cuda.so's text after a
-cold start, 19.7 MB right after the same bytes were rewritten). So every variant
-starts from the same state: ``--cache cold`` (the default) evicts the
-variant's files (``POSIX_FADV_DONTNEED``) before every run, a cold start;
-``--cache warm`` evicts them once per workload and makes one unmeasured run
-under EAGER, so the runs find what a run before them cached.
-``method.json`` keeps the choice; a results directory never mixes the two.
+cold start, 19.7 MB right after the same bytes were rewritten). So every run
+starts from the same state, a cold start: the variant's files are evicted
+(``POSIX_FADV_DONTNEED``) just before it. ``method.json`` records how runs are
+measured; a results directory measured another way is refused.
 
 ``render`` turns the raw JSON into ``docs/results.md`` and PNG charts
 (bench/report_render.py, matplotlib); it runs anywhere.
@@ -91,7 +88,6 @@ FLAGS = {
 RUNNER = REPO / "bench" / "report_workloads.py"
 DEFAULT_RESULTS = REPO / "bench" / "results" / "gpu-report"
 SKIPPED = 3  # report_workloads.py's exit status for a workload whose library is missing
-CACHE = ("cold", "warm")
 NVML_PERIOD_S = 0.02  # the GPU memory sampler's period (bench/gpu_memory.py)
 
 
@@ -159,7 +155,6 @@ class Report:
         self.arch = args.arch
         self.parallel = args.parallel
         self.device = args.device
-        self.cache = args.cache
         self.store = self.work / "store"
         from slimwheel.write import clean_debris
 
@@ -376,7 +371,7 @@ class Report:
     def method(self) -> None:
         """How runs are measured, fixed for a results directory (``method.json``)."""
         path = self.results / "method.json"
-        doc = {"cache": self.cache, "nvml_period_s": NVML_PERIOD_S}
+        doc = {"cache": "cold", "nvml_period_s": NVML_PERIOD_S}
         if path.exists():
             old = json.loads(path.read_text())
             if old != doc:
@@ -387,23 +382,6 @@ class Report:
             return
         write_json(path, doc)
 
-    def warm_up(self, workload: str) -> None:
-        """``--cache warm``: each variant's files evicted once for this workload, then one
-        unmeasured EAGER run (it touches what a LAZY run does and more) fills the cache
-        the way runs do. A marker beside the environment says it is done; a new
-        environment (a new machine) has none and is warmed again."""
-        for v in VARIANTS:
-            py, _site = self.env(v, workload)
-            marker = self.env_dir(v, workload) / f"warm-{workload}"
-            if marker.exists():
-                continue
-            with self.clock.step("run", f"{workload} {v}: warm-up run (not measured)"):
-                evict(self.env_dir(v, workload))
-                row = run_once(py, workload, "EAGER", None, self.device)
-            if row["rc"] != 0:
-                raise SystemExit(f"warm-up {workload} {v}: {row.get('error')}")
-            marker.touch()
-
     def measure(self, workload: str) -> None:
         self.method()
         done = self.done_runs()
@@ -412,13 +390,6 @@ class Report:
             from bench.gpu_memory import GpuMemory
 
             gpu = GpuMemory(period_s=NVML_PERIOD_S)
-        if self.cache == "warm" and any(
-            (workload, v, m, r) not in done
-            for v in VARIANTS
-            for m in MODES
-            for r in range(self.runs)
-        ):
-            self.warm_up(workload)
         for rnd in range(self.runs):
             order = VARIANTS[rnd % len(VARIANTS) :] + VARIANTS[: rnd % len(VARIANTS)]
             for mode in MODES:
@@ -427,10 +398,9 @@ class Report:
                         continue
                     py, _site = self.env(v, workload)
                     with self.clock.step("run", f"{workload} {v} {mode} round {rnd + 1}"):
-                        if self.cache == "cold":
-                            evict(self.env_dir(v, workload))
+                        evict(self.env_dir(v, workload))  # a cold start
                         row = run_once(py, workload, mode, gpu, self.device)
-                    row.update(workload=workload, variant=v, mode=mode, round=rnd, cache=self.cache)
+                    row.update(workload=workload, variant=v, mode=mode, round=rnd, cache="cold")
                     append_line(self.results / "runs.jsonl", row)
 
     def run(self) -> None:
@@ -661,7 +631,7 @@ def smoke(workloads: list[str], runs: int, device: str) -> int:
     if device == "cuda":
         from bench.gpu_memory import GpuMemory
 
-        gpu = GpuMemory()
+        gpu = GpuMemory(period_s=NVML_PERIOD_S)
     bad = 0
     for w in workloads:
         digests = set()
@@ -696,11 +666,6 @@ def main() -> None:
     r.add_argument(
         "--device", default="cuda", help="cpu: a dry run of the steps without a GPU (no NVML)"
     )
-    r.add_argument(
-        "--cache", choices=CACHE, default="cold",
-        help="cold: the variant's files evicted from the page cache before every run; "
-        "warm: once per workload, then one unmeasured run",
-    )  # fmt: skip
     s = sub.add_parser("smoke", help="the workloads on the installed stack, nothing slimmed")
     s.add_argument("--runs", type=int, default=2, help="per mode")
     s.add_argument("--workloads", default=",".join(WORKLOADS))

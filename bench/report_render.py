@@ -480,14 +480,12 @@ def charts(data: dict[str, Any], where: Path) -> list[str]:
 
 
 def cache_text(data: dict[str, Any]) -> str:
-    """What the page cache held when a run started (gpu_report.py ``--cache``)."""
+    """What the page cache held when a run started (gpu_report.py evicts first)."""
     kinds = sorted({str(r.get("cache", "not recorded")) for r in data["runs"]})
     said = {
         "cold": "every run was a cold start: the variant's files were evicted from the"
         " page cache (POSIX_FADV_DONTNEED) just before it, so its time includes reading"
         " them from disk",
-        "warm": "the variant's files were evicted once per workload, then one unmeasured"
-        " EAGER run cached what runs touch; the runs measured after it are warm",
     }
     text = "; ".join(said.get(k, f"page cache: {k}") for k in kinds)
     return (

@@ -71,20 +71,19 @@ def test_evict_drops_written_files_from_the_page_cache(tmp_path: Path) -> None:
     assert _resident_pages(lib) == 0
 
 
-def test_a_results_directory_never_mixes_cache_methods(tmp_path: Path) -> None:
+def test_results_measured_another_way_are_refused(tmp_path: Path) -> None:
     from argparse import Namespace
 
     from bench.gpu_report import Report
 
-    def report(cache: str) -> Report:
-        return Report(Namespace(
-            results=str(tmp_path / "r"), workdir=str(tmp_path / "w"), runs=5, jobs=1,
-            workloads="mobilenet_v2-infer", budget=100.0, arch="sm_90", parallel=1,
-            device="cpu", cache=cache,
-        ))  # fmt: skip
-
-    report("cold").method()
-    report("cold").method()  # resuming with the same method
-    assert json.loads((tmp_path / "r" / "method.json").read_text())["cache"] == "cold"
-    with pytest.raises(SystemExit, match=r"measured with .*'cold'.* use another --results"):
-        report("warm").method()
+    report = Report(Namespace(
+        results=str(tmp_path / "r"), workdir=str(tmp_path / "w"), runs=5, jobs=1,
+        workloads="mobilenet_v2-infer", budget=100.0, arch="sm_90", parallel=1, device="cpu",
+    ))  # fmt: skip
+    report.method()
+    report.method()  # resuming
+    method = tmp_path / "r" / "method.json"
+    assert json.loads(method.read_text()) == {"cache": "cold", "nvml_period_s": 0.02}
+    method.write_text('{"cache": "cold", "nvml_period_s": 0.005}')  # an older way
+    with pytest.raises(SystemExit, match=r"measured with .*0\.005.* use another --results"):
+        report.method()
