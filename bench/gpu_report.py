@@ -38,10 +38,10 @@ stopped by ``--budget`` (or killed) resumes where it stopped:
    the outputs' digest. One line per run, appended and synced.
 
 The page cache is part of what a run measures: the kernel maps a file just
-written in large writes (a copy, a slimmed library) from large folios, many
-pages per fault, so the same pages touched read as more RSS (torch 2.14.1 on
-Linux 6.18: ``import torch`` maps 6.6 MB of libtorch_cuda.so's text after a
-cold start, 19.7 MB right after the same bytes were rewritten). So every run
+written in large write() calls (a slimmed library: slimwheel writes 8 MB at a
+time) from large folios, many pages per fault, so the same pages touched read
+as more RSS (bench/bench_page_cache.py: ``import torch`` maps 6.7 MB of
+libtorch_cuda.so's text after a cold start, 20.2 MB right after slim-env). So every run
 starts from the same state, a cold start: the variant's files are evicted
 (``POSIX_FADV_DONTNEED``) just before it. ``method.json`` records how runs are
 measured; a results directory measured another way is refused.

@@ -491,7 +491,7 @@ def cache_text(data: dict[str, Any]) -> str:
     return (
         "Page cache: " + text + ". Python and the packages outside torch/ and nvidia/ were"
         " cached for every variant alike. (The state matters: the kernel maps a file just"
-        " written in large writes from large folios, many pages per fault, so the same"
+        " written in large write() calls from large folios, many pages per fault, so the same"
         " pages touched read as more RSS.)"
     )
 
