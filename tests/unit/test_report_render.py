@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.report_render import render
+from bench.report_render import render, verdict
 
 pytest.importorskip("matplotlib")
 
@@ -108,7 +108,14 @@ def test_render_tables_and_charts(tmp_path: Path) -> None:
     )
     assert "every run was a cold start" in text and "sampled every 20 ms" in text
     assert text.count("| 5/5 |") == 10
-    assert "| total file size | -55.0% | -75.0% | -77.0% |" in text
+    assert "| total file size | -55.0% | -75.0% (ahead) | -77.0% (ahead) |" in text
+    assert "| time (EAGER) | -44.6% | -30.0% (behind) | -40.0% (behind) |" in text
+    assert "| peak GPU memory (LAZY) | about 0% (H100) | +0.0% (same) | +0.0% (same) |" in text
+    assert "| time (LAZY) | -8% to -20% (H100) | -30.0% (ahead) |" in text
+    assert (
+        "slimwheel (+cpu) is ahead on total file size, peak CPU memory (LAZY), time (LAZY);"
+        " same on peak GPU memory (LAZY); behind on device code, host code," in text
+    )
     charts = sorted(p.name for p in (docs.parent / "results").iterdir())
     assert charts == ["gpu_memory.png", "pareto.png", "removed_kind.png", "rss.png",
                       "sizes.png", "time.png"]  # fmt: skip
@@ -140,3 +147,20 @@ def test_charts_of_data_no_longer_there_are_removed(tmp_path: Path) -> None:
     assert charts == ["pareto.png", "removed_kind.png", "sizes.png"]
     assert "## Time, memory and outputs" not in docs.read_text()
     assert "as in the table above" not in docs.read_text()
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "word"),
+    [
+        (-60.0, (-55.0, -55.0), "ahead"),
+        (-55.04, (-55.0, -55.0), "same"),  # equal as shown, to 0.1%
+        (-50.0, (-55.0, -55.0), "behind"),
+        (-10.0, (-20.0, -8.0), "within their range"),
+        (-7.9, (-20.0, -8.0), "behind"),
+        (-0.04, (0.0, 0.0), "same"),
+    ],
+)
+def test_a_change_is_ahead_when_it_removes_more(
+    ours: float, theirs: tuple[float, float], word: str
+) -> None:
+    assert verdict(ours, theirs) == word
