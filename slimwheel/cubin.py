@@ -53,10 +53,21 @@ def _space(section_name: str) -> str | None:
     return None
 
 
-def read_cubin(data: bytes | bytearray, name: str = "<cubin>") -> ModuleSymbols:
-    """Kernels and device variables of a cubin image."""
+def _wanted(info: int, other: int, shndx: int) -> bool:
+    """A symbol read_cubin looks at: an entry point, or a defined object."""
+    kind = info & 0xF
+    if kind == STT.FUNC:
+        return bool(other & STO_CUDA_ENTRY)
+    return kind == STT.OBJECT and SHN_UNDEF < shndx < SHN_LORESERVE
+
+
+def read_cubin(
+    data: bytes | bytearray, name: str = "<cubin>", elf: ElfFile | None = None
+) -> ModuleSymbols:
+    """Kernels and device variables of a cubin image; ``elf``: the image already
+    opened (its section table parsed once for every reader)."""
     try:
-        elf = ElfFile(data, name)
+        elf = elf if elf is not None else ElfFile(data, name)
         if elf.header.machine != EMachine.CUDA:
             raise CubinError(f"not a CUDA cubin (e_machine {elf.header.machine})", path=name)
         sections = elf.sections
@@ -65,7 +76,7 @@ def read_cubin(data: bytes | bytearray, name: str = "<cubin>") -> ModuleSymbols:
         for symtab in sections:
             if symtab.type != SHT.SYMTAB:
                 continue
-            for sym in elf.symbols(symtab):
+            for sym in elf.symbols(symtab, _wanted):
                 if sym.type == STT.FUNC and sym.other & STO_CUDA_ENTRY:
                     kernels.append(sym.name)
                 elif sym.type == STT.OBJECT and SHN_UNDEF < sym.shndx < SHN_LORESERVE:
@@ -113,11 +124,16 @@ def read_element(buf: Buffer, el: Element, *, name: str) -> ModuleSymbols | None
     return element_symbols(payload(buf, el, name=name), el, name=name)
 
 
+def element_label(name: str, el: Element) -> str:
+    """How errors name an element of the library ``name``."""
+    return f"{name}: element at {el.offset:#x} ({el.arch_name})"
+
+
 def element_symbols(data: bytes | bytearray, el: Element, *, name: str) -> ModuleSymbols | None:
     """Symbols of an element's (decompressed) payload; None for LTO-IR and other kinds."""
     if el.kind not in (ElementKind.ELF, ElementKind.PTX):
         return None
-    label = f"{name}: element at {el.offset:#x} ({el.arch_name})"
+    label = element_label(name, el)
     if el.is_ptx:
         return read_ptx(data)
     try:
@@ -191,28 +207,48 @@ def _bare_size(buf: Buffer, at: int, limit: int) -> tuple[int, int] | None:
     return end, sm
 
 
+def gaps(spans: Sequence[tuple[int, int]], start: int, limit: int) -> list[tuple[int, int]]:
+    """The parts of [start, limit) that no (start, end) of ``spans`` (sorted) covers."""
+    out, cur = [], start
+    for a, b in spans:
+        if a >= limit:
+            break
+        if b <= cur:
+            continue
+        if a > cur:
+            out.append((cur, a))
+        cur = b
+    if cur < limit:
+        out.append((cur, limit))
+    return out
+
+
 def find_bare_cubins(elf: ElfFile, regions: Sequence[tuple[int, int]]) -> list[BareCubin]:
     """Cubins embedded without a fatbin, in the sections ``fatbin.scan`` searches;
-    ``regions``: the (start, end) file ranges of the fatbin regions found there."""
+    ``regions``: the (start, end) file ranges of the fatbin regions found there.
+
+    Only the bytes between regions are searched: a region's payload (compressed,
+    hundreds of MB in libtorch_cuda.so) is never read, so this costs neither its
+    time nor its pages. A cubin found may run into what follows its gap."""
     from .fatbin import candidate_sections
 
     out: list[BareCubin] = []
     spans = sorted(regions)
     magic = b"\x7fELF"
     for s in candidate_sections(elf):
-        pos, limit = s.offset, min(s.offset + s.size, elf.size)
-        while (at := elf.buf.find(magic, pos, limit)) >= 0:
-            pos = at + 1
-            inside = next((b for a, b in spans if a <= at < b), None)
-            if inside is not None:  # a fatbin element's cubin: not bare
-                pos = inside
-                continue
-            got = _bare_size(elf.buf, at, limit)
-            if got is None:
-                continue
-            size, sm = got
-            out.append(BareCubin(s.name, at, size, f"sm_{sm}"))
-            pos = at + size
+        limit = min(s.offset + s.size, elf.size)
+        pos = s.offset
+        for lo, hi in gaps(spans, s.offset, limit):
+            pos = max(pos, lo)
+            stop = min(hi + len(magic) - 1, limit)  # a header that starts in the gap
+            while pos < hi and (at := elf.buf.find(magic, pos, stop)) >= 0:
+                pos = at + 1
+                got = _bare_size(elf.buf, at, limit)
+                if got is None:
+                    continue
+                size, sm = got
+                out.append(BareCubin(s.name, at, size, f"sm_{sm}"))
+                pos = at + size
     return out
 
 

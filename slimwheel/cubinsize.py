@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .cubin import ModuleSymbols, element_symbols
+from .cubin import ModuleSymbols, element_label, element_symbols, read_cubin
 from .elf import SHT, ElfFile
 from .errors import CubinError, ElfError
 from .fatbin import Element, ElementKind
@@ -57,9 +57,15 @@ _KERNEL_PREFIXES = (
 )
 
 
+#: CATEGORIES with each prefix's bare name (".text" for ".text.").
+_CATEGORY_NAMES = tuple(
+    (name, prefixes, frozenset(p.rstrip(".") for p in prefixes)) for name, prefixes in CATEGORIES
+)
+
+
 def category_of(section: str) -> str:
-    for name, prefixes in CATEGORIES:
-        if section.startswith(prefixes) or section in {p.rstrip(".") for p in prefixes}:
+    for name, prefixes, bare in _CATEGORY_NAMES:
+        if section.startswith(prefixes) or section in bare:
             return name
     return OTHER
 
@@ -89,11 +95,13 @@ class ElementSizes:
     by_kernel: Counter[str] = field(default_factory=Counter)
 
 
-def cubin_sizes(data: bytes | bytearray, name: str, kernels: frozenset[str]) -> ElementSizes:
+def cubin_sizes(
+    data: bytes | bytearray, name: str, kernels: frozenset[str], elf: ElfFile | None = None
+) -> ElementSizes:
     """The byte accounting of one cubin image (uncompressed); ``kernels``: its entry
-    points (``cubin.read_cubin``)."""
+    points (``cubin.read_cubin``); ``elf``: the image already opened."""
     try:
-        elf = ElfFile(data, name)
+        elf = elf if elf is not None else ElfFile(data, name)
         out = ElementSizes(len(data))
         covered = 0
         for sec in elf.sections:
@@ -122,10 +130,27 @@ def element_sizes(
         if symbols is None:
             symbols = element_symbols(data, el, name=name)
         kernels = frozenset(symbols.kernels if symbols else ())
-        return cubin_sizes(data, f"{name}: element at {el.offset:#x} ({el.arch_name})", kernels)
+        return cubin_sizes(data, element_label(name, el), kernels)
     out = ElementSizes(len(data))
     out.by_category[PTX if el.is_ptx else LTO] += len(data)
     return out
+
+
+def measure_element(
+    data: bytes | bytearray, el: Element, name: str
+) -> tuple[ModuleSymbols | None, ElementSizes]:
+    """An element's symbols (``cubin.element_symbols``) and its accounting
+    (``element_sizes``), a cubin's section table parsed once for both."""
+    if el.kind != ElementKind.ELF:
+        symbols = element_symbols(data, el, name=name)
+        return symbols, element_sizes(data, el, name, symbols)
+    label = element_label(name, el)
+    try:
+        elf = ElfFile(data, label)
+    except ElfError as exc:
+        raise CubinError(exc.message, path=label) from None
+    symbols = read_cubin(data, label, elf)
+    return symbols, cubin_sizes(data, label, frozenset(symbols.kernels), elf)
 
 
 #: Region and element headers of the fatbin container (not part of any payload).

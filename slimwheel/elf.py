@@ -16,7 +16,7 @@ import enum
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -478,8 +478,12 @@ class ElfFile:
 
     # -- symbols -------------------------------------------------------
 
-    def symbols(self, section: Section) -> Iterator[Symbol]:
-        """Symbols of a SHT_SYMTAB / SHT_DYNSYM section."""
+    def symbols(
+        self, section: Section, keep: Callable[[int, int, int], bool] | None = None
+    ) -> Iterator[Symbol]:
+        """Symbols of a SHT_SYMTAB / SHT_DYNSYM section; with ``keep``, only those
+        for whose (st_info, st_other, st_shndx) it says True (the others' names are
+        never read: a cubin's symbol table is mostly section and local symbols)."""
         if section.entsize not in (0, _SYM.size):
             raise self._fail(f"section {section.name}: unexpected symbol size {section.entsize}")
         if not 0 <= section.link < len(self.sections):
@@ -493,6 +497,8 @@ class ElfFile:
             name, info, other, shndx, value, size = _SYM.unpack_from(
                 buf, section.offset + i * _SYM.size
             )
+            if keep is not None and not keep(info, other, shndx):
+                continue
             text = ""
             if name < limit - base:  # read in place: a string table can be 100 MB
                 end = buf.find(b"\0", base + name, limit)

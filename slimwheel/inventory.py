@@ -17,7 +17,7 @@ from .cubin import (
     find_bare_cubins,
     read_bare_cubin,
 )
-from .cubinsize import ElementSizes, element_sizes
+from .cubinsize import ElementSizes, measure_element
 from .elf import ElfFile, map_file, release
 from .errors import SlimwheelError
 from .fatbin import RELEASE_EVERY, FatbinLayout, payload, scan
@@ -85,11 +85,12 @@ def scan_library(
                 swept = 0
                 for _region, el in layout.elements:
                     data = payload(buf, el, name=label)  # decompressed and read once for both
-                    syms = element_symbols(data, el, name=label)
+                    if accounts is not None:
+                        syms, accounts[el.offset] = measure_element(data, el, label)
+                    else:
+                        syms = element_symbols(data, el, name=label)
                     if symbols is not None:
                         symbols[el.offset] = syms
-                    if accounts is not None:
-                        accounts[el.offset] = element_sizes(data, el, label, syms)
                     del data
                     if progress:
                         progress(el.size)
