@@ -73,3 +73,28 @@ def test_inspect_top_and_filter(fixture_libs: dict[str, Path]) -> None:
     assert "Device code by cubin section" in text and "fixture_add" in text
     bad = _inspect(lib, "--filter", "(")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_one_parse_gives_what_two_readers_gave(fixture_libs: dict[str, Path]) -> None:
+    """measure_element (one section-table parse) = element_symbols + element_sizes;
+    a broken cubin is refused naming the library and the element."""
+    import pytest
+
+    from slimwheel.cubin import element_symbols
+    from slimwheel.cubinsize import measure_element
+    from slimwheel.errors import CubinError
+
+    lib = fixture_libs["many_none"]
+    with map_file(lib) as buf:
+        elements = [el for _r, el in scan(ElfFile(buf, str(lib))).elements]
+        assert any(el.is_cubin for el in elements)
+        for el in elements:
+            data = payload(buf, el, name="lib.so")
+            syms = element_symbols(data, el, name="lib.so")
+            assert measure_element(data, el, "lib.so") == (syms, element_sizes(data, el, "lib.so"))
+        el = next(e for e in elements if e.is_cubin)
+        broken = bytearray(payload(buf, el, name="lib.so"))
+        broken[0x28:0x30] = (1 << 40).to_bytes(8, "little")  # e_shoff: past the end
+        with pytest.raises(CubinError) as err:
+            measure_element(broken, el, "lib.so")
+    assert str(err.value).startswith(f"lib.so: element at {el.offset:#x} ({el.arch_name})")

@@ -13,7 +13,7 @@ from bench.report_render import render, verdict
 pytest.importorskip("matplotlib")
 
 
-def _results(root: Path, *, flaky_original: bool = False) -> Path:
+def _results(root: Path, *, flaky_original: bool = False, gpu_bytes: float = 2e9) -> Path:
     r = root / "bench" / "results" / "gpu-report"
     (r / "profiles").mkdir(parents=True)
     (r / "profiles" / "mobilenet_v2-infer.json").write_text("{}")
@@ -69,7 +69,7 @@ def _results(root: Path, *, flaky_original: bool = False) -> Path:
                     # first_s: the original 2.0-2.4 s, +profile 1.9-2.3 s (ranges overlap)
                     "rc": 0, "wall_s": 10.0 - i, "work_s": 1.0, "import_s": 1.5,
                     "first_s": 2.0 + rnd / 10 - (0.1 if v == "+profile" else 0.0),
-                    "rss_bytes": 1_000_000_000 - i * 100_000_000, "gpu_process_bytes": 2e9,
+                    "rss_bytes": 1_000_000_000 - i * 100_000_000, "gpu_process_bytes": gpu_bytes,
                     "gpu_device_bytes": 2e9, "gpu_how": "pid", "gpu_samples": 10,
                     "digest": digest, "detail": {},
                 })  # fmt: skip
@@ -110,11 +110,14 @@ def test_render_tables_and_charts(tmp_path: Path) -> None:
     assert text.count("| 5/5 |") == 10
     assert "| total file size | -55.0% | -75.0% (ahead) | -77.0% (ahead) |" in text
     assert "| time (EAGER) | -44.6% | -30.0% (behind) | -40.0% (behind) |" in text
-    assert "| peak GPU memory (LAZY) | about 0% (H100) | +0.0% (same) | +0.0% (same) |" in text
+    assert (
+        "| peak GPU memory (LAZY) | about 0% (H100) | +0.0% (within their range) "
+        "| +0.0% (within their range) |" in text
+    )
     assert "| time (LAZY) | -8% to -20% (H100) | -30.0% (ahead) |" in text
     assert (
         "slimwheel (+cpu) is ahead on total file size, peak CPU memory (LAZY), time (LAZY);"
-        " same on peak GPU memory (LAZY); behind on device code, host code," in text
+        " within their range on peak GPU memory (LAZY); behind on device code, host code," in text
     )
     charts = sorted(p.name for p in (docs.parent / "results").iterdir())
     assert charts == ["gpu_memory.png", "pareto.png", "removed_kind.png", "rss.png",
@@ -164,3 +167,11 @@ def test_a_change_is_ahead_when_it_removes_more(
     ours: float, theirs: tuple[float, float], word: str
 ) -> None:
     assert verdict(ours, theirs) == word
+
+
+def test_a_measure_that_was_zero_gets_no_verdict(tmp_path: Path) -> None:
+    results = _results(tmp_path, gpu_bytes=0.0)  # the process held no GPU memory
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    render(results, docs)
+    assert "| peak GPU memory (EAGER) | -69.6% | - | - |" in docs.read_text()
