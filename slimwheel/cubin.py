@@ -61,32 +61,42 @@ def _wanted(info: int, other: int, shndx: int) -> bool:
     return kind == STT.OBJECT and SHN_UNDEF < shndx < SHN_LORESERVE
 
 
+def open_cubin(data: bytes | bytearray, name: str) -> ElfFile:
+    """A cubin image opened for its readers (its section table is parsed once,
+    on first use); not a CUDA ELF is a CubinError naming ``name``."""
+    try:
+        elf = ElfFile(data, name)
+    except ElfError as exc:
+        raise CubinError(exc.message, path=name) from None
+    if elf.header.machine != EMachine.CUDA:
+        raise CubinError(f"not a CUDA cubin (e_machine {elf.header.machine})", path=name)
+    return elf
+
+
 def read_cubin(
     data: bytes | bytearray, name: str = "<cubin>", elf: ElfFile | None = None
 ) -> ModuleSymbols:
     """Kernels and device variables of a cubin image; ``elf``: the image already
-    opened (its section table parsed once for every reader)."""
+    opened (``open_cubin``)."""
+    elf = elf if elf is not None else open_cubin(data, name)
+    kernels: list[str] = []
+    variables: list[DeviceVariable] = []
     try:
-        elf = elf if elf is not None else ElfFile(data, name)
-        if elf.header.machine != EMachine.CUDA:
-            raise CubinError(f"not a CUDA cubin (e_machine {elf.header.machine})", path=name)
         sections = elf.sections
-        kernels: list[str] = []
-        variables: list[DeviceVariable] = []
         for symtab in sections:
             if symtab.type != SHT.SYMTAB:
                 continue
-            for sym in elf.symbols(symtab, _wanted):
-                if sym.type == STT.FUNC and sym.other & STO_CUDA_ENTRY:
+            for sym in elf.symbols(symtab, _wanted):  # entry points and defined objects
+                if sym.type == STT.FUNC:
                     kernels.append(sym.name)
-                elif sym.type == STT.OBJECT and SHN_UNDEF < sym.shndx < SHN_LORESERVE:
-                    if sym.shndx >= len(sections):
-                        raise CubinError(f"symbol {sym.name} in missing section", path=name)
-                    space = _space(sections[sym.shndx].name)
-                    if space == "global" and sym.other & STO_CUDA_MANAGED:
-                        space = "managed"
-                    if space is not None:
-                        variables.append(DeviceVariable(sym.name, space, sym.size))
+                    continue
+                if sym.shndx >= len(sections):
+                    raise CubinError(f"symbol {sym.name} in missing section", path=name)
+                space = _space(sections[sym.shndx].name)
+                if space == "global" and sym.other & STO_CUDA_MANAGED:
+                    space = "managed"
+                if space is not None:
+                    variables.append(DeviceVariable(sym.name, space, sym.size))
     except ElfError as exc:
         raise CubinError(exc.message, path=name) from None
     return ModuleSymbols(tuple(sorted(set(kernels))), tuple(sorted(set(variables), key=_var_key)))

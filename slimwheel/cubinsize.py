@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .cubin import ModuleSymbols, element_label, element_symbols, read_cubin
+from .cubin import ModuleSymbols, element_label, element_symbols, open_cubin, read_cubin
 from .elf import SHT, ElfFile
 from .errors import CubinError, ElfError
 from .fatbin import Element, ElementKind
@@ -95,62 +95,43 @@ class ElementSizes:
     by_kernel: Counter[str] = field(default_factory=Counter)
 
 
-def cubin_sizes(
-    data: bytes | bytearray, name: str, kernels: frozenset[str], elf: ElfFile | None = None
-) -> ElementSizes:
-    """The byte accounting of one cubin image (uncompressed); ``kernels``: its entry
-    points (``cubin.read_cubin``); ``elf``: the image already opened."""
+def cubin_sizes(elf: ElfFile, kernels: frozenset[str]) -> ElementSizes:
+    """The byte accounting of one cubin image (uncompressed, ``cubin.open_cubin``);
+    ``kernels``: its entry points (``cubin.read_cubin``)."""
     try:
-        elf = elf if elf is not None else ElfFile(data, name)
-        out = ElementSizes(len(data))
+        out = ElementSizes(elf.size)
         covered = 0
         for sec in elf.sections:
             if sec.type in (SHT.NULL, SHT.NOBITS) or not sec.size:
                 continue
-            size = min(sec.size, len(data))
+            size = min(sec.size, elf.size)
             covered += size
             out.by_category[category_of(sec.name)] += size
             kernel = _kernel_of(sec.name, kernels)
             if kernel is not None:
                 out.by_kernel[kernel] += size
-        out.by_category[HEADERS] += max(0, len(data) - covered)
+        out.by_category[HEADERS] += max(0, elf.size - covered)
         for k in kernels:
             out.by_kernel.setdefault(k, 0)
         return out
     except ElfError as exc:
-        raise CubinError(exc.message, path=name) from None
-
-
-def element_sizes(
-    data: bytes | bytearray, el: Element, name: str, symbols: ModuleSymbols | None = None
-) -> ElementSizes:
-    """The accounting of any element: cubins split, PTX and LTO-IR whole. ``symbols``:
-    what ``cubin.element_symbols`` read of the same data (read here when not given)."""
-    if el.kind == ElementKind.ELF:
-        if symbols is None:
-            symbols = element_symbols(data, el, name=name)
-        kernels = frozenset(symbols.kernels if symbols else ())
-        return cubin_sizes(data, element_label(name, el), kernels)
-    out = ElementSizes(len(data))
-    out.by_category[PTX if el.is_ptx else LTO] += len(data)
-    return out
+        raise CubinError(exc.message, path=elf.name) from None
 
 
 def measure_element(
     data: bytes | bytearray, el: Element, name: str
 ) -> tuple[ModuleSymbols | None, ElementSizes]:
-    """An element's symbols (``cubin.element_symbols``) and its accounting
-    (``element_sizes``), a cubin's section table parsed once for both."""
+    """An element's symbols (as ``cubin.element_symbols`` reads them) and its byte
+    accounting: a cubin split by section (its section table parsed once for
+    both), PTX and LTO-IR whole."""
     if el.kind != ElementKind.ELF:
-        symbols = element_symbols(data, el, name=name)
-        return symbols, element_sizes(data, el, name, symbols)
+        out = ElementSizes(len(data))
+        out.by_category[PTX if el.is_ptx else LTO] += len(data)
+        return element_symbols(data, el, name=name), out
     label = element_label(name, el)
-    try:
-        elf = ElfFile(data, label)
-    except ElfError as exc:
-        raise CubinError(exc.message, path=label) from None
+    elf = open_cubin(data, label)
     symbols = read_cubin(data, label, elf)
-    return symbols, cubin_sizes(data, label, frozenset(symbols.kernels), elf)
+    return symbols, cubin_sizes(elf, frozenset(symbols.kernels))
 
 
 #: Region and element headers of the fatbin container (not part of any payload).

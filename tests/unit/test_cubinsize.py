@@ -10,7 +10,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from slimwheel.cubinsize import HEADERS, category_of, element_sizes
+from slimwheel.cubinsize import HEADERS, category_of, measure_element
 from slimwheel.elf import ElfFile, map_file
 from slimwheel.fatbin import payload, scan
 
@@ -21,7 +21,7 @@ def test_every_byte_of_a_cubin_is_counted_once(fixture_libs: dict[str, Path]) ->
     with map_file(lib) as buf:
         for _r, el in scan(ElfFile(buf, str(lib))).elements:
             data = payload(buf, el, name=str(lib))
-            got = element_sizes(data, el, str(lib))
+            got = measure_element(data, el, str(lib))[1]
             assert sum(got.by_category.values()) == len(data)
             if not el.is_cubin:
                 continue
@@ -75,13 +75,15 @@ def test_inspect_top_and_filter(fixture_libs: dict[str, Path]) -> None:
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
-def test_one_parse_gives_what_two_readers_gave(fixture_libs: dict[str, Path]) -> None:
-    """measure_element (one section-table parse) = element_symbols + element_sizes;
-    a broken cubin is refused naming the library and the element."""
+def test_measured_symbols_are_element_symbols_and_broken_cubins_are_named(
+    fixture_libs: dict[str, Path],
+) -> None:
+    """measure_element's symbols (one section-table parse for symbols and sizes)
+    are what element_symbols reads; a broken cubin is refused naming the library
+    and the element."""
     import pytest
 
     from slimwheel.cubin import element_symbols
-    from slimwheel.cubinsize import measure_element
     from slimwheel.errors import CubinError
 
     lib = fixture_libs["many_none"]
@@ -90,8 +92,9 @@ def test_one_parse_gives_what_two_readers_gave(fixture_libs: dict[str, Path]) ->
         assert any(el.is_cubin for el in elements)
         for el in elements:
             data = payload(buf, el, name="lib.so")
-            syms = element_symbols(data, el, name="lib.so")
-            assert measure_element(data, el, "lib.so") == (syms, element_sizes(data, el, "lib.so"))
+            assert measure_element(data, el, "lib.so")[0] == element_symbols(
+                data, el, name="lib.so"
+            )
         el = next(e for e in elements if e.is_cubin)
         broken = bytearray(payload(buf, el, name="lib.so"))
         broken[0x28:0x30] = (1 << 40).to_bytes(8, "little")  # e_shoff: past the end
