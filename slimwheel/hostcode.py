@@ -248,10 +248,23 @@ def executed_functions(elf: ElfFile, uses: list[HostUse]) -> list[set[int]]:
     return found
 
 
+def largest_first(holes: list[HostRange]) -> list[HostRange]:
+    """The order in which holes are taken when there are too many: largest first, then
+    by address."""
+    return sorted(holes, key=lambda h: (h.start - h.end, h.start))
+
+
 def plan_host(
-    elf: ElfFile, use: HostUse, *, granule: int, min_hole: int, profile_digest: str
+    elf: ElfFile,
+    use: HostUse,
+    *,
+    granule: int,
+    min_hole: int,
+    profile_digest: str,
+    max_holes: int = MAX_HOST_HOLES,
 ) -> HostPlan:
-    """Which units of ``elf`` the profile ``use`` keeps, and the ranges that leave the file."""
+    """Which units of ``elf`` the profile ``use`` keeps, and the ranges that leave the file
+    (the ``max_holes`` largest removable ones)."""
     if use.page_size > granule:
         granule = use.page_size
     sections = candidate_sections(elf)
@@ -287,9 +300,9 @@ def plan_host(
         if b - a >= max(min_hole, granule):
             holes.append(HostRange(a, b, off, s.index))
     note = ""
-    if len(holes) > MAX_HOST_HOLES:
-        holes = sorted(holes, key=lambda h: (h.start - h.end, h.start))[:MAX_HOST_HOLES]
-        note = f"{len(runs)} removable ranges: the {MAX_HOST_HOLES} largest are removed"
+    if len(holes) > max_holes:
+        note = f"{len(holes)} removable ranges: the {max_holes} largest are removed"
+        holes = largest_first(holes)[:max_holes]
     holes.sort(key=lambda h: h.start)
     starts = [h.start for h in holes]
     removed, removed_fns = [], 0

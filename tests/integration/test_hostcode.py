@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from slimwheel.elf import open_elf
-from slimwheel.hostcode import executed_functions, plan_host
+from bench import bench_host_holes
+from slimwheel.elf import ElfFile, open_elf
+from slimwheel.hostcode import HostPlan, executed_functions, plan_host
 from slimwheel.hostuse import HostUse
+from slimwheel.layout import hole_granule
 from slimwheel.note import NOTE_SECTION, read_note
 from slimwheel.profile import load_profile
 
@@ -415,3 +417,31 @@ def test_executed_functions_are_those_whose_pages_ran(tmp_path: Path) -> None:
         ran, idle = executed_functions(elf, [HostUse(4096, ((off // 4096, 1),)), HostUse(4096, ())])
     assert hot in ran and idle == set()
     assert all(abs(a - hot) < 2 * 4096 for a in ran), "only functions on that page (or spanning it)"
+
+
+def _plan(elf: ElfFile, use: HostUse, max_holes: int) -> HostPlan:
+    return plan_host(
+        elf, use, granule=hole_granule(elf), min_hole=4096, profile_digest="", max_holes=max_holes
+    )
+
+
+def test_at_most_max_holes_are_taken_the_largest_first(tmp_path: Path) -> None:
+    """No page ran: the kept functions (constructors, destructor, IFUNC resolver) split
+    the rest into several holes; a cap keeps the largest, and the bench's numbers per
+    cap are the planner's."""
+    lib = build_fixture(tmp_path) / "libhostfx.so"
+    use = HostUse(4096, ())
+    with open_elf(lib) as elf:
+        full = _plan(elf, use, 1 << 30)
+        sizes = sorted((h.end - h.start for h in full.ranges), reverse=True)
+        assert len(sizes) >= 3 and full.note == ""
+        row = bench_host_holes.measure(elf, use, [4096], [1, 2, 1 << 30])
+        assert row is not None
+        code, rules = row
+        assert code == full.code_bytes
+        for cap in (1, 2):
+            plan = _plan(elf, use, cap)
+            assert sorted((h.end - h.start for h in plan.ranges), reverse=True) == sizes[:cap]
+            assert plan.note == f"{len(sizes)} removable ranges: the {cap} largest are removed"
+            assert rules[f"4K/{cap}"] == {"holes": cap, "removed": plan.removed_bytes}
+        assert rules[f"4K/{1 << 30}"] == {"holes": len(sizes), "removed": full.removed_bytes}
