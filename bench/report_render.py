@@ -386,7 +386,32 @@ def goals(data: dict[str, Any], workload: str = "mobilenet_v2-infer") -> list[st
             if where[word]
         ]
         lines += ["", "Against the research tool, slimwheel (+cpu) is " + "; ".join(said) + "."]
+    if sizes and a and "+cpu" in sizes["variants"]:
+        lines += ["", host_by_loading(sizes, a)]
     return lines
+
+
+def host_by_loading(sizes: dict[str, Any], analysis: dict[str, Any], variant: str = "+cpu") -> str:
+    """A sentence on the host code ``variant`` leaves in the libraries the workload
+    loaded and in those it never loaded (``--cpu`` leaves the latter whole)."""
+    loaded = set(analysis["loaded"])
+    before = sizes["variants"]["original"]["libraries"]
+    after = sizes["variants"][variant]["libraries"]
+    n = {True: 0, False: 0}
+    old = {True: 0, False: 0}
+    new = {True: 0, False: 0}
+    for rel, row in before.items():
+        k = rel in loaded
+        n[k] += 1
+        old[k] += row[1]
+        new[k] += after.get(rel, row)[1]
+    return (
+        f"Host code with `{variant}`: in the {n[True]} libraries the workload loaded, "
+        f"{mb(old[True])} -> {mb(new[True])} ({pct(new[True], old[True])}); in the "
+        f"{n[False]} it never loaded, {mb(old[False])} -> {mb(new[False])} "
+        f"({pct(new[False], old[False])}): `--cpu` removes host code only from libraries a "
+        "profile saw run."
+    )
 
 
 def status(data: dict[str, Any], runs_wanted: int = 5) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.report_render import render, verdict
+from bench.report_render import host_by_loading, render, verdict
 
 pytest.importorskip("matplotlib")
 
@@ -119,6 +119,7 @@ def test_render_tables_and_charts(tmp_path: Path) -> None:
         "slimwheel (+cpu) is ahead on total file size, peak CPU memory (LAZY), time (LAZY);"
         " within their range on peak GPU memory (LAZY); behind on device code, host code," in text
     )
+    assert "Host code with `+cpu`: in the 1 libraries the workload loaded" in text
     charts = sorted(p.name for p in (docs.parent / "results").iterdir())
     assert charts == ["gpu_memory.png", "pareto.png", "removed_kind.png", "rss.png",
                       "sizes.png", "time.png"]  # fmt: skip
@@ -175,3 +176,17 @@ def test_a_measure_that_was_zero_gets_no_verdict(tmp_path: Path) -> None:
     docs.parent.mkdir()
     render(results, docs)
     assert "| peak GPU memory (EAGER) | -69.6% | - | - |" in docs.read_text()
+
+
+def test_host_code_of_loaded_and_never_loaded_libraries() -> None:
+    sizes = {"variants": {
+        "original": {"libraries": {"a.so": [9, 4_000_000, 0, 0], "b.so": [9, 1_000_000, 0, 0],
+                                   "c.so": [9, 2_000_000, 0, 0]}},
+        "+cpu": {"libraries": {"a.so": [9, 1_000_000, 3, 1], "b.so": [9, 1_000_000, 0, 0],
+                               "c.so": [9, 500_000, 1, 1]}},
+    }}  # fmt: skip
+    assert host_by_loading(sizes, {"loaded": ["a.so", "c.so"]}) == (
+        "Host code with `+cpu`: in the 2 libraries the workload loaded, 6.0 MB -> 1.5 MB "
+        "(-75.0%); in the 1 it never loaded, 1.0 MB -> 1.0 MB (+0.0%): `--cpu` removes host "
+        "code only from libraries a profile saw run."
+    )
