@@ -96,16 +96,40 @@ def rule_name(min_hole: int, cap: int) -> str:
     return f"{min_hole >> 10}K/{cap}"
 
 
+def sizes_arg(text: str) -> list[int]:
+    """``4K,16K``: sizes in whole KiB (a rule's name says its size in KiB)."""
+    try:
+        out = sorted({parse_size(x) for x in text.split(",")})
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    if any(n <= 0 or n % 1024 for n in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes are whole KiB, at least 1K")
+    return out
+
+
+def caps_arg(text: str) -> list[int]:
+    """``256,1024``: holes per library, each at least 1."""
+    try:
+        out = sorted({int(x) for x in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a list of numbers") from None
+    if any(n < 1 for n in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: a cap is at least 1")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profile", type=Path)
     ap.add_argument("paths", type=Path, nargs="+")
-    ap.add_argument("--min-hole", default=f"4K,16K,{DEFAULT_MIN_HOLE >> 10}K")
-    ap.add_argument("--max-holes", default=f"{MAX_HOST_HOLES},1024,4096")
+    ap.add_argument("--min-hole", type=sizes_arg, default=f"4K,16K,{DEFAULT_MIN_HOLE >> 10}K")
+    ap.add_argument("--max-holes", type=caps_arg, default=f"{MAX_HOST_HOLES},1024,4096")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args(argv)
-    min_holes = sorted({parse_size(x) for x in args.min_hole.split(",")})
-    caps = sorted({int(x) for x in args.max_holes.split(",")})
+    if args.json and not args.json.parent.is_dir():
+        ap.error(f"--json {args.json}: no folder {args.json.parent}")
+    min_holes: list[int] = args.min_hole
+    caps: list[int] = args.max_holes
     profile = load_profile(args.profile)
     libs: dict[str, tuple[int, Rules]] = {}
     for path in libraries(args.paths):
@@ -148,3 +172,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except SlimwheelError as e:
         sys.exit(f"bench_host_holes: {e}")
+    except OSError as e:
+        sys.exit(f"bench_host_holes: {e.filename or ''}: {e.strerror or e}")

@@ -419,29 +419,41 @@ def test_executed_functions_are_those_whose_pages_ran(tmp_path: Path) -> None:
     assert all(abs(a - hot) < 2 * 4096 for a in ran), "only functions on that page (or spanning it)"
 
 
-def _plan(elf: ElfFile, use: HostUse, max_holes: int) -> HostPlan:
+def _plan(elf: ElfFile, use: HostUse, max_holes: int, min_hole: int = 4096) -> HostPlan:
     return plan_host(
-        elf, use, granule=hole_granule(elf), min_hole=4096, profile_digest="", max_holes=max_holes
-    )
+        elf, use, granule=hole_granule(elf), min_hole=min_hole, profile_digest="",
+        max_holes=max_holes,
+    )  # fmt: skip
+
+
+def _ranges(plan: HostPlan) -> list[tuple[int, int]]:
+    return [(h.start, h.end) for h in plan.ranges]
 
 
 def test_at_most_max_holes_are_taken_the_largest_first(tmp_path: Path) -> None:
     """No page ran: the kept functions (constructors, destructor, IFUNC resolver) split
-    the rest into several holes; a cap keeps the largest, and the bench's numbers per
-    cap are the planner's."""
+    the rest into several holes; a cap keeps the largest (the lower address first among
+    equals), and the bench's numbers per cap are the planner's."""
     lib = build_fixture(tmp_path) / "libhostfx.so"
     use = HostUse(4096, ())
     with open_elf(lib) as elf:
         full = _plan(elf, use, 1 << 30)
-        sizes = sorted((h.end - h.start for h in full.ranges), reverse=True)
-        assert len(sizes) >= 3 and full.note == ""
+        holes = sorted(_ranges(full), key=lambda r: (r[0] - r[1], r[0]))
+        assert len(holes) >= 3 and full.note == ""
+        assert _plan(elf, use, len(holes)).note == "", "a cap that takes every hole says nothing"
         row = bench_host_holes.measure(elf, use, [4096], [1, 2, 1 << 30])
         assert row is not None
         code, rules = row
         assert code == full.code_bytes
         for cap in (1, 2):
             plan = _plan(elf, use, cap)
-            assert sorted((h.end - h.start for h in plan.ranges), reverse=True) == sizes[:cap]
-            assert plan.note == f"{len(sizes)} removable ranges: the {cap} largest are removed"
+            assert _ranges(plan) == sorted(holes[:cap])
+            assert plan.note == f"{len(holes)} removable ranges: the {cap} largest are removed"
             assert rules[f"4K/{cap}"] == {"holes": cap, "removed": plan.removed_bytes}
-        assert rules[f"4K/{1 << 30}"] == {"holes": len(sizes), "removed": full.removed_bytes}
+        assert rules[f"4K/{1 << 30}"] == {"holes": len(holes), "removed": full.removed_bytes}
+        # the note counts holes, not runs of removed code (some runs are too small)
+        big = _plan(elf, use, 1 << 30, min_hole=16 << 10)
+        assert 0 < len(big.ranges) < len(holes)
+        capped = _plan(elf, use, 0, min_hole=16 << 10)
+        assert capped.ranges == ()
+        assert capped.note == f"{len(big.ranges)} removable ranges: the 0 largest are removed"
