@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import jsonschema
 import pytest
 from elftools.elf.elffile import ELFFile
 
@@ -360,6 +361,11 @@ def test_build_with_cpu_for_wheels_and_conda_packages(
     (whl,) = [p for p in cpu if p.suffix == ".whl"]
     with zipfile.ZipFile(whl) as zf:
         (tmp_path / "w.so").write_bytes(zf.read("hostfx/libhostfx.so"))
+        (prov_name,) = [n for n in zf.namelist() if n.endswith(".dist-info/slimwheel.json")]
+        prov = json.loads(zf.read(prov_name))
+    schema = SRC.parents[3] / "slimwheel" / "schemas" / "provenance.schema.json"
+    jsonschema.validate(prov, json.loads(schema.read_text()))  # the schema knows --cpu
+    assert prov["cpu"] is True and prov["layout"] == {"min_hole": 4096}
     with open_elf(tmp_path / "w.so") as elf:
         note = read_note(elf)
     assert note is not None and note.unit_at(symbol(orig / "libhostfx.so", "fx_never")[0])
