@@ -345,13 +345,18 @@ def test_build_with_cpu_for_wheels_and_conda_packages(
     conda = make_package(tmp_path / "in", "hostfx", {"lib/libhostfx.so": lib})
     env = dict(os.environ, SLIMWHEEL_STORE=str(tmp_path / "store"), SOURCE_DATE_EPOCH="1700000000")
     outs = []
-    for i, flags in enumerate((["--cpu"], ["--cpu"], [])):
+    schemas = SRC.parents[3] / "slimwheel" / "schemas"
+    for i, flags in enumerate((["--cpu", "--json"], ["--cpu"], [])):
         out = tmp_path / f"out{i}"
         got = cli(
             "build", str(wheel), str(conda), "--arch", "sm_90", "--profile", str(profile),
             *flags, "--min-hole", "4K", "-o", str(out), "-q", env=env,
         )  # fmt: skip
         assert got.returncode == 0, got.stderr
+        if "--json" in flags:
+            jsonschema.validate(
+                json.loads(got.stdout), json.loads((schemas / "build.schema.json").read_text())
+            )
         outs.append(sorted(p for p in out.iterdir() if p.is_file()))
     cpu, again, plain = outs
     assert [p.read_bytes() for p in cpu] == [p.read_bytes() for p in again]
@@ -363,7 +368,7 @@ def test_build_with_cpu_for_wheels_and_conda_packages(
         (tmp_path / "w.so").write_bytes(zf.read("hostfx/libhostfx.so"))
         (prov_name,) = [n for n in zf.namelist() if n.endswith(".dist-info/slimwheel.json")]
         prov = json.loads(zf.read(prov_name))
-    schema = SRC.parents[3] / "slimwheel" / "schemas" / "provenance.schema.json"
+    schema = schemas / "provenance.schema.json"
     jsonschema.validate(prov, json.loads(schema.read_text()))  # the schema knows --cpu
     assert prov["cpu"] is True and prov["layout"] == {"min_hole": 4096}
     with open_elf(tmp_path / "w.so") as elf:
