@@ -12,8 +12,10 @@ nothing is written but ``--json``. Each hole costs the loader a PT_LOAD, an
 mmap and two mappings (the segment and the PROT_NONE gap before it), so the
 totals' hole counts are what a process that loads all these libraries pays.
 
-One plan per library and smallest hole (with no cap); a cap keeps its largest
-holes (``hostcode.largest_first``), the same choice ``plan_host`` makes.
+One plan per library, ``slim.plan_host_code``'s with the smallest hole asked for
+and no cap: a larger smallest hole takes those of its holes that are at least
+that long, and a cap keeps the largest (``hostcode.largest_first``), the choices
+``plan_host`` makes.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from slimwheel.cli.options import parse_size
 from slimwheel.elf import ElfFile, is_elf, open_elf
 from slimwheel.errors import SlimwheelError
-from slimwheel.hostcode import MAX_HOST_HOLES, HostRange, largest_first, plan_host
+from slimwheel.hostcode import MAX_HOST_HOLES, HostRange, largest_first
 from slimwheel.hostuse import HostUse
-from slimwheel.layout import DEFAULT_MIN_HOLE, hole_granule, is_executable
+from slimwheel.layout import DEFAULT_MIN_HOLE
+from slimwheel.policy import LibraryPolicy
 from slimwheel.profile import load_profile
+from slimwheel.slim import plan_host_code
 from slimwheel.store import file_sha256
 from slimwheel.write import atomic_output
 
@@ -76,20 +80,17 @@ def measure(
 ) -> tuple[int, Rules] | None:
     """This library's bytes of host code and, per rule pair, the holes and bytes removed
     (None: ``--cpu`` leaves the file's host code alone)."""
-    if is_executable(elf) or not elf.sections:
+    policy = LibraryPolicy(targets=(), cpu=True, host=use, min_hole=min(min_holes))
+    plan = plan_host_code(elf, policy, max_holes=sys.maxsize)
+    if plan is None:
         return None
     rules: Rules = {}
-    code = 0
     for mh in min_holes:
-        plan = plan_host(
-            elf, use, granule=hole_granule(elf), min_hole=mh, profile_digest="",
-            max_holes=sys.maxsize,
-        )  # fmt: skip
-        code = plan.code_bytes
+        holes = [h for h in plan.ranges if h.end - h.start >= mh]
         for cap in caps:
-            n, removed = capped(list(plan.ranges), cap)
+            n, removed = capped(holes, cap)
             rules[rule_name(mh, cap)] = {"holes": n, "removed": removed}
-    return code, rules
+    return plan.code_bytes, rules
 
 
 def rule_name(min_hole: int, cap: int) -> str:

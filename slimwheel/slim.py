@@ -18,7 +18,7 @@ from .cubin import read_element
 from .elf import Buffer, ElfFile, map_file
 from .errors import InputError, SlimwheelError
 from .fatbin import FatbinLayout, scan
-from .hostcode import HostPlan, plan_host
+from .hostcode import MAX_HOST_HOLES, HostPlan, plan_host
 from .layout import Hole, hole_granule, is_executable, plan_output
 from .note import NOTE_SECTION, make_note, note_bytes
 from .plan import Plan, Reason, apply_usage, plan_layout
@@ -185,8 +185,11 @@ def library_loaded(layout: FatbinLayout, recorded: Sequence[int]) -> frozenset[i
     return frozenset(out)
 
 
-def plan_host_code(elf: ElfFile, policy: LibraryPolicy) -> HostPlan | None:
-    """With ``--cpu`` and the profile's record of these bytes: the host code plan.
+def plan_host_code(
+    elf: ElfFile, policy: LibraryPolicy, *, max_holes: int = MAX_HOST_HOLES
+) -> HostPlan | None:
+    """With ``--cpu`` and the profile's record of these bytes: the host code plan
+    (``max_holes``: other than the default only in bench/bench_host_holes.py).
 
     Programs (their headers cannot move) and files without section headers keep
     their host code.
@@ -199,6 +202,7 @@ def plan_host_code(elf: ElfFile, policy: LibraryPolicy) -> HostPlan | None:
         granule=hole_granule(elf),
         min_hole=policy.min_hole,
         profile_digest=policy.profile_digest,
+        max_holes=max_holes,
     )
 
 

@@ -452,7 +452,7 @@ def test_at_most_max_holes_are_taken_the_largest_first(tmp_path: Path) -> None:
         holes = sorted(_ranges(full), key=lambda r: (r[0] - r[1], r[0]))
         assert len(holes) >= 3 and full.note == ""
         assert _plan(elf, use, len(holes)).note == "", "a cap that takes every hole says nothing"
-        row = bench_host_holes.measure(elf, use, [4096], [1, 2, 1 << 30])
+        row = bench_host_holes.measure(elf, use, [4096, 16 << 10], [1, 2, 1 << 30])
         assert row is not None
         code, rules = row
         assert code == full.code_bytes
@@ -465,6 +465,12 @@ def test_at_most_max_holes_are_taken_the_largest_first(tmp_path: Path) -> None:
         # the note counts holes, not runs of removed code (some runs are too small)
         big = _plan(elf, use, 1 << 30, min_hole=16 << 10)
         assert 0 < len(big.ranges) < len(holes)
+        for cap in (1, 1 << 30):  # a larger smallest hole: the planner's own holes
+            plan = _plan(elf, use, cap, min_hole=16 << 10)
+            assert rules[f"16K/{cap}"] == {
+                "holes": len(plan.ranges),
+                "removed": plan.removed_bytes,
+            }
         capped = _plan(elf, use, 0, min_hole=16 << 10)
         assert capped.ranges == ()
         assert capped.note == f"{len(big.ranges)} removable ranges: the 0 largest are removed"
