@@ -190,3 +190,23 @@ def test_host_code_of_loaded_and_never_loaded_libraries() -> None:
         "(-75.0%); in the 1 it never loaded, 1.0 MB -> 1.0 MB (+0.0%): `--cpu` removes host "
         "code only from libraries a profile saw run."
     )
+
+
+def test_committed_results_md_is_rendered_from_the_committed_json(tmp_path: Path) -> None:
+    """docs/results.md is never edited by hand: rendering the committed raw JSON
+    gives its bytes, and every committed run's output is the original's."""
+    from bench.report_render import charts, document, load
+
+    repo = Path(__file__).resolve().parents[2]
+    results = repo / "bench" / "results" / "gpu-report"
+    data = load(results)
+    made = charts(data, tmp_path / "results")
+    assert sorted(made) == sorted(p.name for p in (repo / "docs" / "results").glob("*.png"))
+    text = document(data, made, "bench/results/gpu-report")
+    assert text == (repo / "docs" / "results.md").read_text()
+    digests: dict[str, set[str]] = {}
+    for line in (results / "runs.jsonl").read_text().splitlines():
+        run = json.loads(line)
+        assert run["rc"] == 0
+        digests.setdefault(run["workload"], set()).add(run["digest"])
+    assert all(len(d) == 1 for d in digests.values()), digests
