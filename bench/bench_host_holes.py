@@ -6,7 +6,8 @@
 PATH: libraries, or folders searched for ELF files. For each library the profile
 holds a host record of (matched by SHA-256, as ``--cpu`` matches), the plan
 ``--cpu`` would make under each pair of rules: the smallest hole (``--min-hole``)
-and the most holes per library (``hostcode.MAX_HOST_HOLES`` is the default). It
+and the most holes per library (the defaults: ``layout.DEFAULT_HOST_MIN_HOLE``
+and ``hostcode.MAX_HOST_HOLES``). It
 prints the holes taken and the host code removed per library and in total;
 nothing is written but ``--json``. Each hole costs the loader a PT_LOAD, an
 mmap and two mappings (the segment and the PROT_NONE gap before it), so the
@@ -33,7 +34,7 @@ from slimwheel.elf import ElfFile, is_elf, open_elf
 from slimwheel.errors import SlimwheelError
 from slimwheel.hostcode import MAX_HOST_HOLES, HostRange, largest_first
 from slimwheel.hostuse import HostUse
-from slimwheel.layout import DEFAULT_MIN_HOLE
+from slimwheel.layout import DEFAULT_HOST_MIN_HOLE
 from slimwheel.policy import LibraryPolicy
 from slimwheel.profile import load_profile
 from slimwheel.slim import plan_host_code
@@ -80,7 +81,7 @@ def measure(
 ) -> tuple[int, Rules] | None:
     """This library's bytes of host code and, per rule pair, the holes and bytes removed
     (None: ``--cpu`` leaves the file's host code alone)."""
-    policy = LibraryPolicy(targets=(), cpu=True, host=use, min_hole=min(min_holes))
+    policy = LibraryPolicy(targets=(), cpu=True, host=use, host_min_hole=min(min_holes))
     plan = plan_host_code(elf, policy, max_holes=sys.maxsize)
     if plan is None:
         return None
@@ -123,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profile", type=Path)
     ap.add_argument("paths", type=Path, nargs="+")
-    ap.add_argument("--min-hole", type=sizes_arg, default=f"4K,16K,{DEFAULT_MIN_HOLE >> 10}K")
-    ap.add_argument("--max-holes", type=caps_arg, default=f"{MAX_HOST_HOLES},1024,4096")
+    ap.add_argument("--min-hole", type=sizes_arg, default="4K,16K,64K")
+    ap.add_argument("--max-holes", type=caps_arg, default="256,1024,4096")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args(argv)
     if args.json and not args.json.parent.is_dir():
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for cap in caps:
             k = rule_name(mh, cap)
             totals[k] = {x: sum(r[k][x] for _, r in libs.values()) for x in ("holes", "removed")}
-    default = rule_name(DEFAULT_MIN_HOLE, MAX_HOST_HOLES)
+    default = rule_name(DEFAULT_HOST_MIN_HOLE, MAX_HOST_HOLES)
     doc = {
         "profile": profile.digest(),
         "default": default,

@@ -31,6 +31,10 @@ from .rewrite import Edit, Piece, PieceKind, Replacement
 
 #: Zero runs shorter than this stay in the file (each costs one PT_LOAD).
 DEFAULT_MIN_HOLE = 64 << 10
+#: The smallest run of removed host code taken out of the file (``--cpu``): functions
+#: that ran are scattered through a library's code, and the runs between them are
+#: small (bench/bench_host_holes.py).
+DEFAULT_HOST_MIN_HOLE = 16 << 10
 
 SHF_INFO_LINK = 0x40  # sh_info holds a section index
 ET_EXEC = 2

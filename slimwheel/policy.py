@@ -27,8 +27,9 @@ from typing import Any
 
 from .arch import Target
 from .errors import UsageError
+from .hostcode import MAX_HOST_HOLES
 from .hostuse import HostUse
-from .layout import DEFAULT_MIN_HOLE
+from .layout import DEFAULT_HOST_MIN_HOLE, DEFAULT_MIN_HOLE
 from .profile import LibraryUsage, Profile
 
 #: Bump when the slim output for the same inputs changes.
@@ -70,7 +71,8 @@ class LibraryPolicy:
     leave: tuple[tuple[str, str], ...] = ()  # (section, why), sorted
     usage: LibraryUsage | None = None
     compact: bool = True
-    min_hole: int = DEFAULT_MIN_HOLE
+    min_hole: int = DEFAULT_MIN_HOLE  # zero runs of device code
+    host_min_hole: int = DEFAULT_HOST_MIN_HOLE  # runs of removed host code (--cpu)
     strip: bool = False  # also remove DWARF and the static symbol table (--strip)
     cpu: bool = False  # --cpu: host code goes, and the library gets a note (also for device code)
     host: HostUse | None = None  # --cpu: the pages the profile ran (matched by hash only)
@@ -99,6 +101,8 @@ class LibraryPolicy:
             options["strip"] = True
         if self.cpu:
             options["cpu"] = self.host.digest() if self.host is not None else "no host record"
+            if self.host is not None:
+                options["host_holes"] = [self.host_min_hole, MAX_HOST_HOLES]
         return _digest(
             {
                 "library": library_sha256,
@@ -122,7 +126,7 @@ class SlimPolicy:
     profile: Profile | None = None
     profile_by_name: bool = False  # --profile-match name
     compact: bool = True
-    min_hole: int = DEFAULT_MIN_HOLE
+    min_hole: int | None = None  # --min-hole, for both; None: the defaults of each
     strip: bool = False  # --strip
     cpu: bool = False  # --cpu: remove host code the profile never ran
     #: The digest of the whole profile (derived once, at construction).
@@ -177,7 +181,8 @@ class SlimPolicy:
             leave=tuple(sorted(sections_to_leave(name, self.leave_sections).items())),
             usage=usage,
             compact=self.compact,
-            min_hole=self.min_hole,
+            min_hole=self.zero_min_hole,
+            host_min_hole=self.host_min_hole,
             strip=self.strip,
             cpu=self.cpu,
             host=host,
@@ -205,19 +210,36 @@ class SlimPolicy:
         if self.profile_digest:
             parts.append(f"p{self.profile_digest[:8]}")
         extra = self.layout_options()
+        if self.host_holes():
+            extra["host_holes"] = self.host_holes()
         if self.leave_sections:
             extra["leave"] = list(self.leave_sections)
         if extra:
             parts.append(f"x{_digest(extra)[:8]}")
         return ".".join(parts)
 
+    @property
+    def zero_min_hole(self) -> int:
+        """The smallest zero run of device code taken out of the file."""
+        return DEFAULT_MIN_HOLE if self.min_hole is None else self.min_hole
+
+    @property
+    def host_min_hole(self) -> int:
+        """The smallest run of removed host code taken out of the file (``--cpu``)."""
+        return DEFAULT_HOST_MIN_HOLE if self.min_hole is None else self.min_hole
+
     def layout_options(self) -> dict[str, Any]:
         """The non-default file layout options."""
         if not self.compact:
             return {"compact": False}
-        if self.min_hole != DEFAULT_MIN_HOLE:
-            return {"min_hole": self.min_hole}
+        if self.zero_min_hole != DEFAULT_MIN_HOLE:
+            return {"min_hole": self.zero_min_hole}
         return {}
+
+    def host_holes(self) -> list[int] | None:
+        """With ``--cpu``: the smallest run of host code taken out and the most runs per
+        library (named in labels and provenance: outputs of other rules differ)."""
+        return [self.host_min_hole, MAX_HOST_HOLES] if self.cpu else None
 
     def provenance(self) -> dict[str, Any]:
         """What a provenance file records of the policy."""
@@ -237,4 +259,5 @@ class SlimPolicy:
             doc["strip"] = True
         if self.cpu:
             doc["cpu"] = True
+            doc["host_holes"] = self.host_holes()
         return doc

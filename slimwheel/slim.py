@@ -200,7 +200,7 @@ def plan_host_code(
         elf,
         policy.host,
         granule=hole_granule(elf),
-        min_hole=policy.min_hole,
+        min_hole=policy.host_min_hole,
         profile_digest=policy.profile_digest,
         max_holes=max_holes,
     )

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from ..arch import Target, parse_targets
 from ..env import site_dirs
 from ..errors import UsageError
-from ..layout import DEFAULT_MIN_HOLE
 from ..policy import SlimPolicy
 from ..profile import load_profile, merge
 from ..store import Store
@@ -70,10 +69,10 @@ def add_policy_options(
     parser.add_argument(
         "--min-hole",
         type=parse_size,
-        default=DEFAULT_MIN_HOLE,
+        default=None,
         metavar="SIZE",
-        help="smallest run of removed bytes (zeros, or host code with --cpu) taken out of the "
-        "file (default 64K; each costs a PT_LOAD)",
+        help="smallest run of removed bytes taken out of the file (default 64K of zeroed "
+        "device code, 16K of host code with --cpu; each costs a PT_LOAD)",
     )
     parser.add_argument(
         "--leave-section",
@@ -114,7 +113,7 @@ def policy_from(args: argparse.Namespace) -> SlimPolicy:
         profile=profile,
         profile_by_name=args.profile_match == "name",
         compact=not getattr(args, "no_compact", False),
-        min_hole=getattr(args, "min_hole", DEFAULT_MIN_HOLE),
+        min_hole=getattr(args, "min_hole", None),
         strip=getattr(args, "strip", False),
         cpu=args.cpu,
     )

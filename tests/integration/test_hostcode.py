@@ -371,6 +371,7 @@ def test_build_with_cpu_for_wheels_and_conda_packages(
     schema = schemas / "provenance.schema.json"
     jsonschema.validate(prov, json.loads(schema.read_text()))  # the schema knows --cpu
     assert prov["cpu"] is True and prov["layout"] == {"min_hole": 4096}
+    assert prov["host_holes"] == [4096, 1024]
     with open_elf(tmp_path / "w.so") as elf:
         note = read_note(elf)
     assert note is not None and note.unit_at(symbol(orig / "libhostfx.so", "fx_never")[0])
@@ -474,3 +475,27 @@ def test_at_most_max_holes_are_taken_the_largest_first(tmp_path: Path) -> None:
         capped = _plan(elf, use, 0, min_hole=16 << 10)
         assert capped.ranges == ()
         assert capped.note == f"{len(big.ranges)} removable ranges: the 0 largest are removed"
+
+
+def test_a_run_of_host_code_between_16k_and_64k_leaves_by_default(tmp_path: Path) -> None:
+    """Every page ran but those of three neighbouring functions (about 24 KiB): the
+    default host rules take them out, the zero-run default (64 KiB) would not."""
+    from slimwheel.arch import parse_targets
+    from slimwheel.policy import LibraryPolicy
+    from slimwheel.slim import plan_host_code
+
+    lib = build_fixture(tmp_path) / "libhostfx.so"
+    with open_elf(lib) as elf:
+        (text,) = [s for s in elf.sections if s.name == ".text"]
+        (seg,) = [p for p in elf.loads if p.offset <= text.offset < p.offset + p.filesz]
+        first = (seg.offset + symbol(lib, "fx_checked")[0] - seg.vaddr) // 4096
+        last = (seg.offset + symbol(lib, "fx_never")[1] - seg.vaddr - 1) // 4096
+        pages = (seg.offset + seg.filesz) // 4096 + 1
+        use = HostUse(4096, ((0, first), (last + 1, pages - last - 1)))
+        plan = plan_host_code(elf, LibraryPolicy(parse_targets(["sm_90"]), cpu=True, host=use))
+        assert plan is not None
+        (hole,) = plan.ranges
+        assert 16 << 10 <= hole.end - hole.start < 64 << 10
+        assert hole.start <= symbol(lib, "fx_only_in_b")[0] < hole.end
+        old = _plan(elf, use, 256, min_hole=64 << 10)
+        assert old.ranges == ()
