@@ -44,7 +44,8 @@ as more RSS (bench/bench_page_cache.py: ``import torch`` maps 6.7 MB of
 libtorch_cuda.so's text after a cold start, 20.2 MB right after slim-env). So every run
 starts from the same state, a cold start: the variant's files are evicted
 (``POSIX_FADV_DONTNEED``) just before it. ``method.json`` records how runs are
-measured; a results directory measured another way is refused.
+measured (with the host-code rules of ``--cpu``: the smallest hole and the most
+holes per library); a results directory measured another way is refused.
 
 ``render`` turns the raw JSON into ``docs/results.md`` and PNG charts
 (bench/report_render.py, matplotlib); it runs anywhere.
@@ -371,7 +372,15 @@ class Report:
     def method(self) -> None:
         """How runs are measured, fixed for a results directory (``method.json``)."""
         path = self.results / "method.json"
-        doc = {"cache": "cold", "nvml_period_s": NVML_PERIOD_S}
+        from slimwheel.hostcode import MAX_HOST_HOLES
+        from slimwheel.layout import DEFAULT_HOST_MIN_HOLE
+
+        # +cpu and +strip take holes in host code by slimwheel's rules (smallest, most)
+        doc = {
+            "cache": "cold",
+            "nvml_period_s": NVML_PERIOD_S,
+            "host_holes": [DEFAULT_HOST_MIN_HOLE, MAX_HOST_HOLES],
+        }
         if path.exists():
             old = json.loads(path.read_text())
             if old != doc:

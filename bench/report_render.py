@@ -568,6 +568,28 @@ def cache_text(data: dict[str, Any]) -> str:
     )
 
 
+def host_rules_text(method: dict[str, Any] | None) -> str:
+    """Which holes ``+cpu`` took in host code, and whether slimwheel's defaults differ now."""
+    from slimwheel.hostcode import MAX_HOST_HOLES
+    from slimwheel.layout import DEFAULT_HOST_MIN_HOLE
+
+    rules = (method or {}).get("host_holes")
+    if rules is None:
+        return "The host-code rules of `+cpu` (smallest hole, holes per library) were not recorded."
+    smallest, most = rules
+    text = (
+        f"`+cpu` took out runs of removed host code from {smallest >> 10} KiB, at most"
+        f" {most:,} per library"
+    )
+    if [smallest, most] == [DEFAULT_HOST_MIN_HOLE, MAX_HOST_HOLES]:
+        return text + " (slimwheel's defaults)."
+    return (
+        text + f"; slimwheel's defaults are now {DEFAULT_HOST_MIN_HOLE >> 10} KiB and"
+        f" {MAX_HOST_HOLES:,}, which remove more host code than these tables show"
+        " (`bench/bench_host_holes.py` measures how much)."
+    )
+
+
 def document(data: dict[str, Any], chart_names: list[str], results_rel: str) -> str:
     m = data["machine"]
     m_ = data["method"]
@@ -601,7 +623,8 @@ def document(data: dict[str, Any], chart_names: list[str], results_rel: str) -> 
             " sections; device code is the fatbin elements (`slimwheel inspect`). Each slim"
             " variant adds to the one before it: `arch` keeps what the driver loads on this GPU,"
             " `+profile` drops what the workload's profile never used, `+cpu` removes the host"
-            " functions it never ran, `+strip` the debug info and static symbol tables.",
+            " functions it never ran, `+strip` the debug info and static symbol tables. "
+            + host_rules_text(m_),
             "",
             *table_sizes(data),
             "",

@@ -499,3 +499,33 @@ def test_a_run_of_host_code_between_16k_and_64k_leaves_by_default(tmp_path: Path
         assert hole.start <= symbol(lib, "fx_only_in_b")[0] < hole.end
         old = _plan(elf, use, 256, min_hole=64 << 10)
         assert old.ranges == ()
+
+
+def test_bench_host_load_measures_each_rule_beside_the_original(
+    recorded: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """bench/bench_host_load.py slims the library under each rule and dlopens each cold:
+    the 4K rule's holes show as more PT_LOADs and mappings than the original's, in a
+    smaller file, and every run loaded (the bench refuses a failed dlopen)."""
+    from bench.bench_host_load import main as bench_host_load
+
+    orig, profile, _slim = recorded
+    out = tmp_path / "load.json"
+    work = tmp_path / "work"
+    rc = bench_host_load([
+        str(profile), str(orig / "libhostfx.so"), "--min-hole", "default,4K", "--rounds", "2",
+        "--workdir", str(work), "--json", str(out),
+    ])  # fmt: skip
+    assert rc == 0 and not work.exists()
+    doc = json.loads(out.read_text())
+    (key,) = doc["libraries"]
+    info = doc["libraries"][key]
+    assert info["load_segments"]["4K"] > info["load_segments"]["original"]
+    assert info["file_bytes"]["4K"] < info["file_bytes"]["original"]
+    runs = {(r["variant"], r["round"]): r for r in doc["runs"]}
+    assert sorted(runs) == [(v, n) for v in ("4K", "default", "original") for n in (1, 2)]
+    for n in (1, 2):
+        assert runs["4K", n]["mappings"] > runs["original", n]["mappings"] >= 1
+        assert runs["4K", n]["process_mappings"] < doc["max_map_count"]
+    # rounds rotate the order: the original is not always loaded first
+    assert [r["variant"] for r in doc["runs"]][:3] != [r["variant"] for r in doc["runs"]][3:]

@@ -83,7 +83,15 @@ def test_results_measured_another_way_are_refused(tmp_path: Path) -> None:
     report.method()
     report.method()  # resuming
     method = tmp_path / "r" / "method.json"
-    assert json.loads(method.read_text()) == {"cache": "cold", "nvml_period_s": 0.02}
+    assert json.loads(method.read_text()) == {
+        "cache": "cold",
+        "nvml_period_s": 0.02,
+        "host_holes": [16 << 10, 1024],
+    }
     method.write_text('{"cache": "cold", "nvml_period_s": 0.005}')  # an older way
     with pytest.raises(SystemExit, match=r"measured with .*0\.005.* use another --results"):
+        report.method()
+    # +cpu made with other host-code rules (the 64 KiB, 256 of the committed report)
+    method.write_text('{"cache": "cold", "nvml_period_s": 0.02, "host_holes": [65536, 256]}')
+    with pytest.raises(SystemExit, match=r"measured with .*65536.* use another --results"):
         report.method()

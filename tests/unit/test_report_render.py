@@ -210,3 +210,18 @@ def test_committed_results_md_is_rendered_from_the_committed_json(tmp_path: Path
         assert run["rc"] == 0
         digests.setdefault(run["workload"], set()).add(run["digest"])
     assert all(len(d) == 1 for d in digests.values()), digests
+
+
+def test_the_host_rules_of_the_measurement_are_named() -> None:
+    from bench.report_render import host_rules_text
+    from slimwheel.hostcode import MAX_HOST_HOLES
+    from slimwheel.layout import DEFAULT_HOST_MIN_HOLE
+
+    now = host_rules_text({"host_holes": [DEFAULT_HOST_MIN_HOLE, MAX_HOST_HOLES]})
+    assert now.endswith("(slimwheel's defaults).")
+    assert f"from {DEFAULT_HOST_MIN_HOLE >> 10} KiB" in now
+    old = host_rules_text({"host_holes": [65536, 256]})
+    assert "from 64 KiB, at most 256 per library; slimwheel's defaults are now" in old
+    assert "remove more host code than these tables show" in old
+    assert "not recorded" in host_rules_text(None)
+    assert "not recorded" in host_rules_text({"cache": "cold"})
