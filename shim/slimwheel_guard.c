@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #define NOTE_SECTION ".slimwheel.host"
+#define GUARD_FILE "libslimwheel_guard.so" /* guard.GUARD_NAME */
 
 static struct sigaction previous[2]; /* what the program installed, as it believes */
 static const int signals[2] = {SIGSEGV, SIGBUS};
@@ -667,20 +668,37 @@ sighandler_t signal(int sig, sighandler_t handler) {
     return was;
 }
 
-__attribute__((constructor)) static void install(void) {
-    /* One guard per process: doctor's preloaded one and an environment's copy may meet. */
-    char pid[24];
-    int n = 0;
-    for (unsigned long v = (unsigned long)getpid(); v; v /= 10) pid[n++] = (char)('0' + v % 10);
-    for (int i = 0; i < n / 2; i++) {
-        char t = pid[i];
-        pid[i] = pid[n - 1 - i];
-        pid[n - 1 - i] = t;
+/* Whether a copy of the guard was loaded before this one into this process image (doctor's
+ * preloaded one and an environment's copy may meet): that one is installed, and a second would
+ * say everything twice. The loaded objects are walked in load order up to this one; a mark in
+ * the environment would survive exec(), which keeps the pid and drops the handlers. */
+struct earlier_arg {
+    uintptr_t self; /* an address inside this copy */
+    int found;
+};
+
+static int earlier_guard(struct dl_phdr_info *info, size_t size, void *arg) {
+    (void)size;
+    struct earlier_arg *a = arg;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = (uintptr_t)info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && start <= a->self && a->self < start + ph->p_memsz)
+            return 1; /* reached this copy: none before it */
     }
-    pid[n] = 0;
-    const char *owner = getenv("SLIMWHEEL_GUARD_PID");
-    if (owner && strcmp(owner, pid) == 0) return;
-    setenv("SLIMWHEEL_GUARD_PID", pid, 1);
+    const char *name = info->dlpi_name;
+    const char *base = name ? strrchr(name, '/') : NULL;
+    if (base && strcmp(base + 1, GUARD_FILE) == 0) {
+        a->found = 1;
+        return 1;
+    }
+    return 0;
+}
+
+__attribute__((constructor)) static void install(void) {
+    struct earlier_arg a = {(uintptr_t)&earlier_guard, 0};
+    dl_iterate_phdr(earlier_guard, &a);
+    if (a.found) return;
     for (int i = 0; i < 2; i++) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);

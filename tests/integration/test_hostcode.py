@@ -175,6 +175,48 @@ def test_an_unprofiled_function_gets_the_guards_message(
     assert ", called from driver+0x" in lines[0], "where it was entered from"
 
 
+@pytest.mark.parametrize("how", ["sh", "execv"])
+def test_the_guard_survives_exec_into_the_program(
+    recorded: tuple[Path, Path, Path], how: str
+) -> None:
+    """A launcher that exec()s the program (a shell script ending in exec, a Python
+    re-exec: pyenv's shims do both) keeps the pid and loses the handlers: the guard of
+    the new image installs itself again and names the removed function, once."""
+    _orig, _profile, slim = recorded
+    driver = str(slim / "driver")
+    if how == "sh":
+        cmd = ["sh", "-c", 'exec "$0" b', driver]
+    else:
+        cmd = [sys.executable, "-c", f"import os; os.execv({driver!r}, [{driver!r}, 'b'])"]
+    got = cli("doctor", "--", *cmd)
+    assert got.returncode == 128 + signal.SIGSEGV
+    lines = [ln for ln in got.stderr.splitlines() if ln.startswith("slimwheel:")]
+    assert len(lines) == 1, got.stderr
+    assert "libhostfx.so: fx_only_in_b (host code at 0x" in lines[0]
+
+
+def test_two_copies_of_the_guard_say_it_once(recorded: tuple[Path, Path, Path]) -> None:
+    """doctor's preloaded guard and an environment's copy (another file) in one process:
+    the first one loaded names the fault, the second stays quiet."""
+    from slimwheel.guard import GUARD_NAME, build_guard
+
+    _orig, _profile, slim = recorded
+    copy = slim.parent / "envcopy" / GUARD_NAME
+    copy.parent.mkdir(exist_ok=True)
+    shutil.copyfile(build_guard(slim.parent / "guards", cuda=False).library, copy)
+    code = (
+        f"import ctypes; ctypes.CDLL({str(copy)!r}); "
+        f"lib = ctypes.CDLL({str(slim / 'libhostfx.so')!r}); lib.fx_only_in_b(3)"
+    )
+    got = cli("doctor", "--", sys.executable, "-c", code)
+    assert got.returncode == 128 + signal.SIGSEGV
+    lines = [ln for ln in got.stderr.splitlines() if ln.startswith("slimwheel:")]
+    assert len(lines) == 1, got.stderr
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert alone.returncode == -signal.SIGSEGV
+    assert "fx_only_in_b (host code at 0x" in alone.stderr  # the copy alone guards
+
+
 def test_the_error_path_of_a_kept_function(recorded: tuple[Path, Path, Path]) -> None:
     """fx_checked ran, so its split cold part stays; the cold function it calls did not."""
     orig, _profile, slim = recorded
