@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import run_main
 from slimwheel.cli.options import parse_size
 from slimwheel.elf import ElfFile, is_elf, open_elf
-from slimwheel.errors import SlimwheelError
 from slimwheel.hostcode import MAX_HOST_HOLES, HostRange, largest_first
 from slimwheel.hostuse import HostUse
 from slimwheel.layout import DEFAULT_HOST_MIN_HOLE
@@ -170,9 +170,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SlimwheelError as e:
-        sys.exit(f"bench_host_holes: {e}")
-    except OSError as e:
-        sys.exit(f"bench_host_holes: {e.filename or ''}: {e.strerror or e}")
+    run_main("bench_host_holes", main)

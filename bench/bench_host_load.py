@@ -17,18 +17,23 @@ per round: the file is evicted from the page cache (``POSIX_FADV_DONTNEED``,
 its siblings stay cached by a warm-up load), and a fresh Python process
 dlopens it (``RTLD_NOW``) and reports the time of the dlopen, its major and
 minor page faults, the mappings of the file (``/proc/self/maps``) and their
-RSS, and leaves with ``_exit``: the library alone would run exit-time
-destructors that a workload's process never ran (libtorch_cpu.so under the
-H200's MobileNetV2 profile does, and the guard names the removed one). Every
-hole costs the loader a PT_LOAD, an mmap and mappings, and a process may have at most ``vm.max_map_count`` mappings (recorded). Medians
-are printed per library and rule, beside the original's; ``--json`` writes
-every run. The work folder is removed before and after (a killed run's too).
+RSS, and leaves with ``_exit``: a library loaded alone may run exit-time
+destructors that a workload's process never ran. (A library alone may also
+bind calls to its own copy of a function the workload's process ran in
+another library: libtorch_cpu.so under the H200's MobileNetV2 profile faults
+in a static initializer then, and the bench stops, naming it; measure it
+with a profile of a process that loads it alone.) Every hole costs the
+loader a PT_LOAD, an mmap and mappings, and a process may have at most
+``vm.max_map_count`` mappings (recorded). Medians are printed per library
+and rule, beside the original's; ``--json`` writes every run. The work
+folder is removed before and after (a killed run's too).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -39,11 +44,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import run_main  # noqa: E402
 from bench.gpu_report import evict  # noqa: E402
 from slimwheel.arch import Target, parse_targets  # noqa: E402
 from slimwheel.cli.options import parse_size  # noqa: E402
 from slimwheel.elf import open_elf  # noqa: E402
-from slimwheel.errors import SlimwheelError  # noqa: E402
+from slimwheel.guard import Guard, build_guard, guarded_environment  # noqa: E402
 from slimwheel.policy import SlimPolicy  # noqa: E402
 from slimwheel.profile import Profile, load_profile  # noqa: E402
 from slimwheel.slim import slim_library  # noqa: E402
@@ -116,12 +122,17 @@ def link_siblings(src: Path, folder: Path) -> None:
             (folder / entry.name).symlink_to(entry.resolve())
 
 
-def load_once(path: Path) -> dict[str, Any]:
+def load_once(path: Path, guard: Guard) -> dict[str, Any]:
+    """One cold load in a fresh process, under slimwheel's guard (it names removed code run)."""
     got = subprocess.run(
-        [sys.executable, "-S", "-c", CHILD, str(path)], capture_output=True, text=True
+        [sys.executable, "-S", "-c", CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        env=guarded_environment(guard, dict(os.environ)),
     )
     if got.returncode != 0:
-        last = (got.stderr.strip().splitlines() or ["no output"])[-1]
+        said = [ln for ln in got.stderr.splitlines() if ln.startswith("slimwheel: ")]
+        last = (said or got.stderr.strip().splitlines() or [f"exit status {got.returncode}"])[-1]
         raise SystemExit(f"bench_host_load: {path}: dlopen failed: {last}")
     row: dict[str, Any] = json.loads(got.stdout)
     return row
@@ -163,6 +174,7 @@ def measure_all(
     work: Path,
 ) -> int:
     variants = ["original", *rules]
+    guard = build_guard(work / "guard", cuda=False)
     files: dict[str, dict[str, Path]] = {}
     info: dict[str, dict[str, Any]] = {}
     for n, lib in enumerate(args.libs):
@@ -185,7 +197,7 @@ def measure_all(
             files[key][v] = dest
             info[key]["file_bytes"][v] = dest.stat().st_size
             info[key]["load_segments"][v] = load_segments(dest)
-            load_once(dest)  # warm the siblings it needs
+            load_once(dest, guard)  # warm the siblings it needs
         print(f"{key}: PT_LOAD {info[key]['load_segments']}", flush=True)
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
@@ -193,7 +205,8 @@ def measure_all(
             order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for v in order:
                 evict(per[v].parent)
-                runs.append({"library": key, "variant": v, "round": r + 1, **load_once(per[v])})
+                row = load_once(per[v], guard)
+                runs.append({"library": key, "variant": v, "round": r + 1, **row})
     doc = {
         "arch": args.arch,
         "profile": profile.digest(),
@@ -230,9 +243,4 @@ def report(doc: dict[str, Any], variants: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SlimwheelError as e:
-        sys.exit(f"bench_host_load: {e}")
-    except OSError as e:
-        sys.exit(f"bench_host_load: {e.filename or ''}: {e.strerror or e}")
+    run_main("bench_host_load", main)

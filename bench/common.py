@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 _PROBE = (
     "import resource, subprocess, sys, time;"
@@ -21,3 +23,16 @@ def timed(cmd: list[str], cwd: str | None = None) -> tuple[float, float]:
     if out[0] != "0":
         raise SystemExit(f"{cmd[0]} exited with {out[0]}")
     return float(out[1]), float(out[2])
+
+
+def run_main(name: str, main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main()``'s status; a user's mistake (bad input, an unreadable file)
+    is one line naming the bench, never a traceback."""
+    from slimwheel.errors import SlimwheelError
+
+    try:
+        sys.exit(main())
+    except SlimwheelError as e:
+        sys.exit(f"{name}: {e}")
+    except OSError as e:
+        sys.exit(f"{name}: {e.filename or ''}: {e.strerror or e}")
