@@ -25,8 +25,9 @@ in a static initializer then, and the bench stops, naming it; measure it
 with a profile of a process that loads it alone.) Every hole costs the
 loader a PT_LOAD, an mmap and mappings, and a process may have at most
 ``vm.max_map_count`` mappings (recorded). Medians are printed per library
-and rule, beside the original's; ``--json`` writes every run. The work
-folder is removed before and after (a killed run's too).
+and rule, beside the original's; ``--json`` writes every run. The bench's
+folder ``bench_host_load.run`` in ``--workdir`` is removed before and after
+(a killed run's too); nothing else there is touched.
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ from slimwheel.write import atomic_output  # noqa: E402
 #: Siblings linked beside each output (a library folder has a few dozen).
 MAX_SIBLINGS = 10_000
 MAX_ROUNDS = 1_000
+#: The bench's own folder inside ``--workdir``.
+RUN_DIR = "bench_host_load.run"
 
 #: Run in a fresh process: dlopen argv[1] and report what it cost.
 CHILD = r"""
 import ctypes, json, os, resource, sys, time
-path = sys.argv[1]
+path = os.path.realpath(sys.argv[1])
 r0 = resource.getrusage(resource.RUSAGE_SELF)
 t = time.perf_counter()
 ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
@@ -73,10 +76,10 @@ mine = False
 maps = rss = total = 0
 with open("/proc/self/smaps") as f:
     for line in f:
-        head = line.split()
+        head = line.split(None, 5)
         if "-" in head[0] and not head[0].endswith(":"):
             total += 1
-            mine = len(head) > 5 and head[5] == path
+            mine = len(head) > 5 and head[5].rstrip("\n") == path
             maps += mine
         elif head[0] == "Rss:" and mine:
             rss += int(head[1]) * 1024
@@ -135,6 +138,8 @@ def load_once(path: Path, guard: Guard) -> dict[str, Any]:
         last = (said or got.stderr.strip().splitlines() or [f"exit status {got.returncode}"])[-1]
         raise SystemExit(f"bench_host_load: {path}: dlopen failed: {last}")
     row: dict[str, Any] = json.loads(got.stdout)
+    if row["mappings"] < 1:  # a measure of nothing: the path did not match /proc/self/maps
+        raise SystemExit(f"bench_host_load: {path}: loaded, but no mapping of it was found")
     return row
 
 
@@ -158,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     rules: list[str] = args.min_hole
     targets = parse_targets([args.arch])
     profile = load_profile(args.profile)
-    work: Path = args.workdir
+    for lib in args.libs:
+        if not lib.is_file():
+            why = "not a regular file" if lib.exists() else "no such file"
+            raise SystemExit(f"bench_host_load: {lib}: {why}")
+    work: Path = args.workdir.resolve() / RUN_DIR  # only this is ever removed
     shutil.rmtree(work, ignore_errors=True)  # what a killed run left
     try:
         return measure_all(args, profile, targets, rules, work)
@@ -199,6 +208,8 @@ def measure_all(
             info[key]["load_segments"][v] = load_segments(dest)
             load_once(dest, guard)  # warm the siblings it needs
         print(f"{key}: PT_LOAD {info[key]['load_segments']}", flush=True)
+    if not files:
+        raise SystemExit(f"bench_host_load: {args.profile}: no host record of these libraries")
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for key, per in files.items():

@@ -203,7 +203,8 @@ def test_two_copies_of_the_guard_say_it_once(recorded: tuple[Path, Path, Path]) 
     _orig, _profile, slim = recorded
     copy = slim.parent / "envcopy" / GUARD_NAME
     copy.parent.mkdir(exist_ok=True)
-    shutil.copyfile(build_guard(slim.parent / "guards", cuda=False).library, copy)
+    guard = build_guard(slim.parent / "guards", cuda=False).library
+    shutil.copyfile(guard, copy)
     code = (
         f"import ctypes; ctypes.CDLL({str(copy)!r}); "
         f"lib = ctypes.CDLL({str(slim / 'libhostfx.so')!r}); lib.fx_only_in_b(3)"
@@ -215,6 +216,13 @@ def test_two_copies_of_the_guard_say_it_once(recorded: tuple[Path, Path, Path]) 
     alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert alone.returncode == -signal.SIGSEGV
     assert "fx_only_in_b (host code at 0x" in alone.stderr  # the copy alone guards
+    # two copies preloaded (doctor prepends its own to an LD_PRELOAD that names one):
+    # the first installs, the second sees it and stays quiet
+    env = dict(os.environ, LD_PRELOAD=f"{guard}:{copy}")
+    both = subprocess.run([str(slim / "driver"), "b"], capture_output=True, text=True, env=env)
+    assert both.returncode == -signal.SIGSEGV
+    lines = [ln for ln in both.stderr.splitlines() if ln.startswith("slimwheel:")]
+    assert len(lines) == 1, both.stderr
 
 
 def test_the_error_path_of_a_kept_function(recorded: tuple[Path, Path, Path]) -> None:
@@ -544,21 +552,24 @@ def test_a_run_of_host_code_between_16k_and_64k_leaves_by_default(tmp_path: Path
 
 
 def test_bench_host_load_measures_each_rule_beside_the_original(
-    recorded: tuple[Path, Path, Path], tmp_path: Path
+    recorded: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bench/bench_host_load.py slims the library under each rule and dlopens each cold:
     the 4K rule's holes show as more PT_LOADs and mappings than the original's, in a
-    smaller file, and every run loaded (the bench refuses a failed dlopen)."""
+    smaller file, and every run loaded (the bench refuses a failed dlopen). A relative
+    --workdir measures the same, and the bench removes only its own folder there."""
     from bench.bench_host_load import main as bench_host_load
 
     orig, profile, _slim = recorded
     out = tmp_path / "load.json"
-    work = tmp_path / "work"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("mine")
     rc = bench_host_load([
         str(profile), str(orig / "libhostfx.so"), "--min-hole", "default,4K", "--rounds", "2",
-        "--workdir", str(work), "--json", str(out),
+        "--workdir", ".", "--json", str(out),
     ])  # fmt: skip
-    assert rc == 0 and not work.exists()
+    assert rc == 0 and (tmp_path / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "bench_host_load.run").exists()
     doc = json.loads(out.read_text())
     (key,) = doc["libraries"]
     info = doc["libraries"][key]
@@ -571,3 +582,11 @@ def test_bench_host_load_measures_each_rule_beside_the_original(
         assert runs["4K", n]["process_mappings"] < doc["max_map_count"]
     # rounds rotate the order: the original is not always loaded first
     assert [r["variant"] for r in doc["runs"]][:3] != [r["variant"] for r in doc["runs"]][3:]
+    # no library the profile holds a host record of: one line, nothing written
+    (tmp_path / "other.so").write_bytes(b"not the recorded bytes")
+    with pytest.raises(SystemExit, match="no host record of these libraries"):
+        bench_host_load([
+            str(profile), str(tmp_path / "other.so"), "--workdir", ".",
+            "--json", str(tmp_path / "x"),
+        ])  # fmt: skip
+    assert not (tmp_path / "x").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from slimwheel.arch import parse_targets
 from slimwheel.hostcode import MAX_HOST_HOLES
 from slimwheel.hostuse import HostUse
@@ -73,3 +75,25 @@ def test_the_command_line_leaves_each_default_alone() -> None:
     args = parser.parse_args(["--arch", "sm_90", "--min-hole", "8K"])
     lib = policy_from(args).for_library("libx.so")
     assert (lib.min_hole, lib.host_min_hole) == (8192, 8192)
+
+
+def test_outputs_of_the_earlier_rules_keep_their_keys_and_labels_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The key and label a --cpu output had under 64 KiB / 256 (no host rules named, as
+    options at their defaults are absent) are not those of today's defaults; nor is the
+    key of another cap."""
+    from slimwheel import policy as policy_mod
+
+    use = HostUse(4096, ((0, 1),))
+    sha = "0" * 64
+    earlier_key = policy_mod._digest({
+        "library": sha, "targets": ["sm_90"], "keep_ptx": False, "profile": None,
+        "format": policy_mod.FORMAT_VERSION, "options": {"cpu": use.digest()},
+    })  # fmt: skip
+    now = LibraryPolicy(targets=SM90, cpu=True, host=use).store_key(sha)
+    assert now != earlier_key
+    earlier_label = f"sm90.cpu.p{HOST.digest()[:8]}"
+    assert _cpu().label != earlier_label and _cpu().label.startswith(earlier_label + ".x")
+    monkeypatch.setattr(policy_mod, "MAX_HOST_HOLES", MAX_HOST_HOLES * 2)
+    assert LibraryPolicy(targets=SM90, cpu=True, host=use).store_key(sha) != now
