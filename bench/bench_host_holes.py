@@ -6,8 +6,7 @@
 PATH: libraries, or folders searched for ELF files. For each library the profile
 holds a host record of (matched by SHA-256, as ``--cpu`` matches), the plan
 ``--cpu`` would make under each pair of rules: the smallest hole (``--min-hole``)
-and the most holes per library (the defaults: ``layout.DEFAULT_HOST_MIN_HOLE``
-and ``hostcode.MAX_HOST_HOLES``). It
+and the most holes per library (the defaults: ``policy.host_rules()``). It
 prints the holes taken and the host code removed per library and in total;
 nothing is written but ``--json``. Each hole costs the loader a PT_LOAD, an
 mmap and two mappings (the segment and the PROT_NONE gap before it), so the
@@ -29,13 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import run_main
-from slimwheel.cli.options import parse_size
+from bench.common import run_main, sizes_arg
 from slimwheel.elf import ElfFile, is_elf, open_elf
-from slimwheel.hostcode import MAX_HOST_HOLES, HostRange, largest_first
+from slimwheel.hostcode import HostRange, largest_first
 from slimwheel.hostuse import HostUse
-from slimwheel.layout import DEFAULT_HOST_MIN_HOLE
-from slimwheel.policy import LibraryPolicy
+from slimwheel.policy import LibraryPolicy, host_rules
 from slimwheel.profile import load_profile
 from slimwheel.slim import plan_host_code
 from slimwheel.store import file_sha256
@@ -98,17 +95,6 @@ def rule_name(min_hole: int, cap: int) -> str:
     return f"{min_hole >> 10}K/{cap}"
 
 
-def sizes_arg(text: str) -> list[int]:
-    """``4K,16K``: sizes in whole KiB (a rule's name says its size in KiB)."""
-    try:
-        out = sorted({parse_size(x) for x in text.split(",")})
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
-    if any(n <= 0 or n % 1024 for n in out):
-        raise argparse.ArgumentTypeError(f"{text!r}: sizes are whole KiB, at least 1K")
-    return out
-
-
 def caps_arg(text: str) -> list[int]:
     """``256,1024``: holes per library, each at least 1."""
     try:
@@ -150,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for cap in caps:
             k = rule_name(mh, cap)
             totals[k] = {x: sum(r[k][x] for _, r in libs.values()) for x in ("holes", "removed")}
-    default = rule_name(DEFAULT_HOST_MIN_HOLE, MAX_HOST_HOLES)
+    default = rule_name(*host_rules())
     doc = {
         "profile": profile.digest(),
         "default": default,

@@ -45,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import run_main  # noqa: E402
+from bench.common import run_main, sizes_arg  # noqa: E402
 from bench.gpu_report import evict  # noqa: E402
 from slimwheel.arch import Target, parse_targets  # noqa: E402
 from slimwheel.cli.options import parse_size  # noqa: E402
@@ -93,20 +93,11 @@ MEASURES = ("dlopen_s", "major_faults", "minor_faults", "mappings", "rss_bytes")
 
 
 def rules_arg(text: str) -> list[str]:
-    """``default,64K``: ``default`` (no --min-hole) or sizes in whole KiB."""
-    out: list[str] = []
-    for x in text.split(","):
-        if x != "default":
-            try:
-                n = parse_size(x)
-            except argparse.ArgumentTypeError as e:
-                raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
-            if n <= 0 or n % 1024:
-                raise argparse.ArgumentTypeError(f"{text!r}: sizes are whole KiB")
-            x = f"{n >> 10}K"
-        if x not in out:
-            out.append(x)
-    return out
+    """``default,64K``: ``default`` (no --min-hole), then sizes in whole KiB, ascending."""
+    parts = text.split(",")
+    sizes = [x for x in parts if x != "default"]
+    named = [f"{n >> 10}K" for n in sizes_arg(",".join(sizes))] if sizes else []
+    return (["default"] if "default" in parts else []) + named
 
 
 def rounds_arg(text: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from collections.abc import Callable
@@ -36,3 +37,16 @@ def run_main(name: str, main: Callable[[], int]) -> NoReturn:
         sys.exit(f"{name}: {e}")
     except OSError as e:
         sys.exit(f"{name}: {e.filename or ''}: {e.strerror or e}")
+
+
+def sizes_arg(text: str) -> list[int]:
+    """``4K,16K``: sizes in whole KiB (a rule's name says its size in KiB)."""
+    from slimwheel.cli.options import parse_size
+
+    try:
+        out = sorted({parse_size(x) for x in text.split(",")})
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    if any(n <= 0 or n % 1024 for n in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes are whole KiB, at least 1K")
+    return out

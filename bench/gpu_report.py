@@ -372,15 +372,10 @@ class Report:
     def method(self) -> None:
         """How runs are measured, fixed for a results directory (``method.json``)."""
         path = self.results / "method.json"
-        from slimwheel.hostcode import MAX_HOST_HOLES
-        from slimwheel.layout import DEFAULT_HOST_MIN_HOLE
+        from slimwheel.policy import host_rules
 
-        # +cpu and +strip take holes in host code by slimwheel's rules (smallest, most)
-        doc = {
-            "cache": "cold",
-            "nvml_period_s": NVML_PERIOD_S,
-            "host_holes": [DEFAULT_HOST_MIN_HOLE, MAX_HOST_HOLES],
-        }
+        # +cpu and +strip take holes in host code by slimwheel's default rules
+        doc = {"cache": "cold", "nvml_period_s": NVML_PERIOD_S, "host_holes": host_rules()}
         if path.exists():
             old = json.loads(path.read_text())
             if old != doc:

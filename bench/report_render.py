@@ -570,8 +570,7 @@ def cache_text(data: dict[str, Any]) -> str:
 
 def host_rules_text(method: dict[str, Any] | None) -> str:
     """Which holes ``+cpu`` took in host code, and whether slimwheel's defaults differ now."""
-    from slimwheel.hostcode import MAX_HOST_HOLES
-    from slimwheel.layout import DEFAULT_HOST_MIN_HOLE
+    from slimwheel.policy import host_rules
 
     rules = (method or {}).get("host_holes")
     if rules is None:
@@ -581,11 +580,12 @@ def host_rules_text(method: dict[str, Any] | None) -> str:
         f"`+cpu` took out runs of removed host code from {smallest >> 10} KiB, at most"
         f" {most:,} per library"
     )
-    if [smallest, most] == [DEFAULT_HOST_MIN_HOLE, MAX_HOST_HOLES]:
+    now_smallest, now_most = host_rules()
+    if [smallest, most] == [now_smallest, now_most]:
         return text + " (slimwheel's defaults)."
     return (
-        text + f"; slimwheel's defaults are now {DEFAULT_HOST_MIN_HOLE >> 10} KiB and"
-        f" {MAX_HOST_HOLES:,}, which remove more host code than these tables show"
+        text + f"; slimwheel's defaults are now {now_smallest >> 10} KiB and"
+        f" {now_most:,}, which remove more host code than these tables show"
         " (`bench/bench_host_holes.py` measures how much)."
     )
 

@@ -61,6 +61,13 @@ def _digest(doc: object) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def host_rules(min_hole: int = DEFAULT_HOST_MIN_HOLE) -> list[int]:
+    """What ``--cpu`` takes out of a file: runs of removed host code from ``min_hole``,
+    the :data:`~.hostcode.MAX_HOST_HOLES` largest per library (named in store keys,
+    labels and provenance, as outputs of other rules differ)."""
+    return [min_hole, MAX_HOST_HOLES]
+
+
 @dataclass(frozen=True, slots=True)
 class LibraryPolicy:
     """What the slimmer is told for one library; its store key follows from it."""
@@ -102,7 +109,7 @@ class LibraryPolicy:
         if self.cpu:
             options["cpu"] = self.host.digest() if self.host is not None else "no host record"
             if self.host is not None:
-                options["host_holes"] = [self.host_min_hole, MAX_HOST_HOLES]
+                options["host_holes"] = host_rules(self.host_min_hole)
         return _digest(
             {
                 "library": library_sha256,
@@ -237,9 +244,8 @@ class SlimPolicy:
         return {}
 
     def host_holes(self) -> list[int] | None:
-        """With ``--cpu``: the smallest run of host code taken out and the most runs per
-        library (named in labels and provenance: outputs of other rules differ)."""
-        return [self.host_min_hole, MAX_HOST_HOLES] if self.cpu else None
+        """With ``--cpu``: :func:`host_rules` of this run."""
+        return host_rules(self.host_min_hole) if self.cpu else None
 
     def provenance(self) -> dict[str, Any]:
         """What a provenance file records of the policy."""

@@ -34,4 +34,4 @@ def test_a_bad_argument_is_refused(
 def test_rules_are_named_in_kib_once_each() -> None:
     from bench.bench_host_load import rules_arg
 
-    assert rules_arg("default,64K,65536,16K") == ["default", "64K", "16K"]
+    assert rules_arg("64K,default,65536,16K") == ["default", "16K", "64K"]
